@@ -1,0 +1,163 @@
+"""Micro-benchmark: wRPC invocations per second against plain nats-py request/reply.
+
+One run, one nats-server on loopback, the callee in a child process (so caller and
+callee each get a core). Each row is measured for a fixed time; the ratio column
+compares with plain request/reply at the same concurrency, measured in the same run.
+
+    make bench-wrpc            # or: python -m bench.wrpc [--seconds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import nats
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+
+from provider.host.nats_server import NatsServer
+from provider.wrpc.codec import Ok, encode
+from provider.wrpc.messaging import BROKER_MESSAGE, PUBLISH, BrokerMessage, UnitResult
+from provider.wrpc.nats import Headers, PerCallInbox, SharedInbox, WrpcTransport
+
+PLAIN_SUBJECT = "bench.plain"
+SHARED_PREFIX = "bench.shared"
+PER_CALL_PREFIX = "bench.percall"
+MESSAGE = BrokerMessage("bench.subject", b"x" * 32, "reply.subject")
+HEADERS = {"source-id": "bench-component", "link-name": "default"}
+
+
+async def serve(url: str) -> None:
+    """The callee: a plain NATS responder and the same function over wRPC, both inbox kinds."""
+    nc = await nats.connect(url)
+
+    async def plain(msg: Msg) -> None:
+        await nc.publish(msg.reply, b"\x00")
+
+    async def handler(msg: BrokerMessage, headers: Headers) -> UnitResult:
+        return Ok(None)
+
+    await nc.subscribe(PLAIN_SUBJECT, cb=plain)
+    shared = WrpcTransport(nc)
+    per_call = WrpcTransport(nc, inbox=PerCallInbox(nc))
+    await shared.start()
+    await per_call.start()
+    await shared.serve(SHARED_PREFIX, PUBLISH, handler)
+    await per_call.serve(PER_CALL_PREFIX, PUBLISH, handler)
+    print("ready", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until the parent closes stdin
+    await nc.close()
+
+
+@dataclass
+class Row:
+    name: str
+    in_flight: int
+    rate: float
+    p50_ms: float
+    p99_ms: float
+
+
+async def measure(name: str, call: Callable[[], Awaitable[object]], in_flight: int, seconds: float) -> Row:
+    """Run ``call`` with ``in_flight`` workers for ``seconds``; rate and latency percentiles."""
+    latencies: list[float] = []
+    loop = asyncio.get_running_loop()
+    for _ in range(200):  # warm-up
+        await call()
+    deadline = loop.time() + seconds
+
+    async def worker() -> None:
+        while loop.time() < deadline:
+            started = time.perf_counter()
+            await call()
+            latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(in_flight)))
+    elapsed = time.perf_counter() - started
+    quantiles = statistics.quantiles(latencies, n=100)
+    return Row(name, in_flight, len(latencies) / elapsed, quantiles[49] * 1e3, quantiles[98] * 1e3)
+
+
+async def run(url: str, seconds: float) -> list[Row]:
+    nc: NatsClient = await nats.connect(url)
+    shared = WrpcTransport(nc, inbox=SharedInbox(nc))
+    per_call = WrpcTransport(nc, inbox=PerCallInbox(nc))
+    await shared.start()
+    await per_call.start()
+    payload = encode(BROKER_MESSAGE, MESSAGE)
+
+    async def plain() -> None:
+        await nc.request(PLAIN_SUBJECT, payload, timeout=10)
+
+    async def wrpc_shared() -> None:
+        await shared.invoke(SHARED_PREFIX, PUBLISH, MESSAGE, headers=HEADERS)
+
+    async def wrpc_per_call() -> None:
+        await per_call.invoke(PER_CALL_PREFIX, PUBLISH, MESSAGE, headers=HEADERS)
+
+    rows = []
+    for in_flight in (1, 50):
+        rows.append(await measure("nats-py request/reply", plain, in_flight, seconds))
+        rows.append(await measure("wRPC, shared inbox", wrpc_shared, in_flight, seconds))
+        rows.append(await measure("wRPC, SUB/UNSUB per call", wrpc_per_call, in_flight, seconds))
+    await shared.close()
+    await per_call.close()
+    await nc.close()
+    return rows
+
+
+def table(rows: list[Row]) -> str:
+    """A Markdown table; the ratio compares with plain request/reply at the same concurrency."""
+    baseline = {row.in_flight: row.rate for row in rows if row.name.startswith("nats-py")}
+    lines = [
+        "| call | in flight | calls/s | ratio to request/reply | p50 ms | p99 ms |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        ratio = row.rate / baseline[row.in_flight]
+        lines.append(
+            f"| {row.name} | {row.in_flight} | {row.rate:,.0f} | {ratio:.2f} | "
+            f"{row.p50_ms:.3f} | {row.p99_ms:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--seconds", type=float, default=3.0, help="measuring time per row")
+    parser.add_argument("--serve", metavar="URL", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        asyncio.run(serve(args.serve))
+        return
+    with NatsServer() as server:
+        callee = subprocess.Popen(
+            [sys.executable, "-m", "bench.wrpc", "--serve", server.url],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert callee.stdout is not None
+            assert callee.stdin is not None
+            if callee.stdout.readline().strip() != "ready":
+                raise SystemExit("the callee process did not start")
+            rows = asyncio.run(run(server.url, args.seconds))
+        finally:
+            if callee.stdin:
+                callee.stdin.close()
+            callee.wait(10)
+    print(f"wRPC micro-benchmark, publish() with a 32-byte body, {args.seconds:.0f} s per row")
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""The provider's one exception tree. Pure.
+
+Every error the provider raises derives from :class:`ProviderError`. WIT-level
+failures (a component's ``result::err``) are *values*, never exceptions; what
+is raised here are transport and input failures, chained with ``from exc``
+when they wrap a lower-level error::
+
+    ProviderError
+    ├── CodecError                 bytes that are not a valid wRPC value
+    │   ├── IncompleteValue        more bytes are needed (``needed`` tells how many in all)
+    │   └── InvalidEncoding        bytes that can never decode (bad tag, overflow, bad UTF-8, trailing bytes)
+    ├── WrpcError                  a wRPC invocation failed on the wire
+    │   ├── NoResponders           nobody serves the invocation subject (NATS 503)
+    │   ├── InvocationTimeout      a deadline passed while waiting for the peer
+    │   ├── IncompleteResults      the result stream ended before a value (the callee trapped)
+    │   ├── ProtocolViolation      the peer broke the wRPC protocol (no reply subject, bad status…)
+    │   └── TransportClosed        the transport was closed while the call was in flight
+    └── ConfigError                bad input from the host or a link (HostData, link config, secrets)
+"""
+
+from __future__ import annotations
+
+
+class ProviderError(Exception):
+    """Root of every exception the provider raises."""
+
+
+class CodecError(ProviderError):
+    """Bytes that are not (or not yet) a valid encoding of the expected type."""
+
+
+class IncompleteValue(CodecError):
+    """The buffer ends before the value does.
+
+    ``needed`` is the smallest total buffer length at which decoding can make
+    progress, so a streaming reader can skip retries until that many bytes
+    have arrived.
+    """
+
+    def __init__(self, needed: int, what: str) -> None:
+        super().__init__(f"need more bytes (truncated {what}): at least {needed} in all")
+        self.needed = needed
+        self.what = what
+
+
+class InvalidEncoding(CodecError):
+    """Bytes that can never be decoded as the expected type, however many more arrive."""
+
+    def __init__(self, reason: str, offset: int) -> None:
+        super().__init__(f"{reason} (at byte {offset})")
+        self.reason = reason
+        self.offset = offset
+
+
+class WrpcError(ProviderError):
+    """A wRPC invocation failed on the wire."""
+
+
+class NoResponders(WrpcError):
+    """NATS answered 503: no subscriber serves the invocation subject."""
+
+    def __init__(self, subject: str) -> None:
+        super().__init__(f"no responders for {subject!r} (is the target running and linked?)")
+        self.subject = subject
+
+
+class InvocationTimeout(WrpcError):
+    """A deadline passed while waiting for the handshake, params or results."""
+
+    def __init__(self, subject: str, waiting_for: str, timeout: float) -> None:
+        super().__init__(f"timed out after {timeout:.3f}s waiting for {waiting_for} of {subject!r}")
+        self.subject = subject
+        self.waiting_for = waiting_for
+        self.timeout = timeout
+
+
+class IncompleteResults(WrpcError):
+    """The result stream ended (empty EOF message) before a whole value arrived.
+
+    This is how a wRPC server reports a trap or a failed handler (protocol spec §3.4).
+    """
+
+    def __init__(self, subject: str, received: int) -> None:
+        super().__init__(
+            f"{subject!r} ended its results after {received} byte(s) without a complete value "
+            "(the callee trapped or failed)"
+        )
+        self.subject = subject
+        self.received = received
+
+
+class ProtocolViolation(WrpcError):
+    """The peer broke the wRPC protocol."""
+
+
+class TransportClosed(WrpcError):
+    """The transport closed while an invocation was still in flight."""
+
+
+class ConfigError(ProviderError):
+    """Bad input from the host or a link: HostData, link config, secrets."""

@@ -1,0 +1,69 @@
+"""wRPC 0.0.1 subjects and message framing over NATS (protocol spec §3). Pure.
+
+Names follow the spec: ``Rc`` is the caller's reply inbox (handshake on ``Rc``,
+results on ``Rc.results``), ``Rs`` the callee's (params on ``Rs.params``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+PROTOCOL = "wrpc.0.0.1"
+PARAMS = "params"
+RESULTS = "results"
+
+# NATS header block framing: "NATS/1.0\r\n" + "key: value\r\n"... + "\r\n" (spec §3.2).
+_HEADER_LINE = len(b"NATS/1.0\r\n")
+_HEADER_END = len(b"\r\n")
+
+
+def prefix(lattice: str, target_id: str) -> str:
+    """The invocation prefix and serving queue group of a provider or component: ``LATTICE.ID``."""
+    return f"{lattice}.{target_id}"
+
+
+def invocation_subject(target_prefix: str, instance: str, func: str) -> str:
+    """``<prefix>.wrpc.0.0.1.<instance>.<func>``; world-level functions have no instance."""
+    parts = [target_prefix, PROTOCOL] if target_prefix else [PROTOCOL]
+    if instance:
+        parts.append(instance)
+    parts.append(func)
+    return ".".join(parts)
+
+
+def params_subject(rs: str) -> str:
+    """Where the caller streams the rest of the params: ``Rs.params``."""
+    return f"{rs}.{PARAMS}"
+
+
+def results_subject(rc: str) -> str:
+    """Where the callee streams its results: ``Rc.results``."""
+    return f"{rc}.{RESULTS}"
+
+
+def header_bytes(headers: Mapping[str, str] | None) -> int:
+    """Bytes a NATS header block with ``headers`` takes on the wire (0 without headers)."""
+    if not headers:
+        return 0
+    size = _HEADER_LINE + _HEADER_END
+    for key, value in headers.items():
+        size += len(key.encode()) + 2 + len(value.encode()) + 2
+    return size
+
+
+def first_chunk_size(max_payload: int, reply: str, headers: Mapping[str, str] | None) -> int:
+    """How many param bytes fit in the invocation message itself.
+
+    As the reference client does, the reply subject's length is subtracted too, which
+    keeps the message under ``max_payload`` with room to spare.
+    """
+    return max(0, max_payload - len(reply) - header_bytes(headers))
+
+
+def chunks(data: bytes | memoryview, size: int) -> Iterator[bytes | memoryview]:
+    """Split ``data`` into pieces of at most ``size`` bytes (nothing for empty data)."""
+    if size <= 0:
+        raise ValueError(f"chunk size must be positive, got {size}")
+    view = memoryview(data)
+    for start in range(0, len(view), size):
+        yield view[start : start + size]
