@@ -1,0 +1,83 @@
+"""The seam between the host protocol and what the provider does (its capability). Pure.
+
+The runtime (:mod:`provider.wasmcloud.runtime`) speaks to the host and calls a
+:class:`Capability` one control event at a time; the capability calls components back
+through the :class:`ProviderContext` the runtime gives it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from provider.wasmcloud.config import Config
+from provider.wasmcloud.hostdata import HostData
+from provider.wasmcloud.links import Link
+from provider.wrpc.messaging import BrokerMessage, MessageResult, RequestParams, UnitResult
+
+
+@dataclass(frozen=True)
+class Health:
+    """A health answer: ``{"healthy": …, "message": …}`` on the wire."""
+
+    healthy: bool
+    message: str | None = None
+
+
+class ProviderContext(Protocol):
+    """What the runtime offers a capability."""
+
+    @property
+    def host_data(self) -> HostData: ...
+
+    @property
+    def provider_id(self) -> str: ...
+
+    @property
+    def config(self) -> Config:
+        """The provider-level config (HostData config and secrets, updated by ``config.update``)."""
+        ...
+
+    async def handle_message(self, component_id: str, msg: BrokerMessage) -> UnitResult:
+        """Invoke ``wasmcloud:messaging/handler.handle-message`` on a component.
+
+        Returns the component's result; raises :class:`~provider.errors.WrpcError` when the
+        call itself fails (no responders, timeout, trap).
+        """
+        ...
+
+
+class Capability(Protocol):
+    """What a provider does with its links. Calls come one at a time for control events,
+    concurrently for ``publish`` / ``request``."""
+
+    async def start(self, context: ProviderContext) -> None:
+        """Called once, before any link is put."""
+
+    async def put_link(self, link: Link) -> None:
+        """Apply a new link (``link.role`` says which side the provider is on).
+
+        Raise :class:`~provider.errors.ConfigError` to reject it; the link is then not
+        recorded, and nothing of it may stay applied.
+        """
+
+    async def delete_link(self, link: Link) -> None:
+        """Tear a link down; return once it is gone."""
+
+    async def update_config(self, config: Config) -> None:
+        """The provider-level config changed (links whose effective config changed are re-put)."""
+
+    async def shutdown(self) -> None:
+        """Release everything, quickly (the host allows 300 ms in all)."""
+
+    def health(self) -> Health:
+        """Answer a health check; must not block."""
+        ...
+
+    async def publish(self, link: Link, msg: BrokerMessage) -> UnitResult:
+        """``consumer.publish`` from the component at the other end of ``link``."""
+        ...
+
+    async def request(self, link: Link, params: RequestParams) -> MessageResult:
+        """``consumer.request`` from the component at the other end of ``link``."""
+        ...
