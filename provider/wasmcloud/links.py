@@ -91,6 +91,10 @@ def parse_link_definition(raw: Any) -> LinkDefinition:
     """A link definition from decoded JSON. Raises :class:`ConfigError` naming the bad field."""
     if not isinstance(raw, dict):
         raise ConfigError(f"link definition must be a JSON object, got {type(raw).__name__}")
+    source_id = _required_str(raw, "source_id")
+    target = _required_str(raw, "target")
+    wit_namespace = _required_str(raw, "wit_namespace")
+    wit_package = _required_str(raw, "wit_package")
     interfaces = raw.get("interfaces")
     if not isinstance(interfaces, list) or not all(isinstance(i, str) for i in interfaces):
         raise ConfigError(f"link definition: 'interfaces' must be a list of strings, got {interfaces!r}")
@@ -98,10 +102,10 @@ def parse_link_definition(raw: Any) -> LinkDefinition:
     if not isinstance(name, str):
         raise ConfigError(f"link definition: 'name' must be a string, got {name!r}")
     return LinkDefinition(
-        source_id=_required_str(raw, "source_id"),
-        target=_required_str(raw, "target"),
-        wit_namespace=_required_str(raw, "wit_namespace"),
-        wit_package=_required_str(raw, "wit_package"),
+        source_id=source_id,
+        target=target,
+        wit_namespace=wit_namespace,
+        wit_package=wit_package,
         interfaces=tuple(interfaces),
         name=name,
         source_config=parse_string_map(raw.get("source_config"), "link source_config"),
