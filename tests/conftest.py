@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 
 import nats
 import pytest
 from nats.aio.client import Client as NatsClient
 
+from provider.host.lattice import LocalLattice
+from provider.host.launcher import LAUNCHER_NAME, write_launcher
 from provider.host.nats_server import NatsServer
 
 Connect = Callable[..., Awaitable[NatsClient]]
@@ -41,3 +45,36 @@ async def connect() -> AsyncIterator[Connect]:
     for nc in opened:
         if not nc.is_closed:
             await nc.close()
+
+
+@pytest.fixture(scope="session")
+def launcher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The provider's launcher script, as a provider archive would carry it."""
+    return write_launcher(tmp_path_factory.mktemp("provider") / LAUNCHER_NAME)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+MakeLattice = Callable[..., Awaitable[LocalLattice]]
+
+
+@pytest.fixture
+async def make_lattice(nats_server: NatsServer, launcher: Path) -> AsyncIterator[MakeLattice]:
+    """Start provider processes (the host's way) that are stopped when the test ends."""
+    started: list[LocalLattice] = []
+
+    async def _make(server: NatsServer | None = None, **options: object) -> LocalLattice:
+        lattice = LocalLattice((server or nats_server).url, launcher, **options)  # type: ignore[arg-type]
+        started.append(lattice)
+        await lattice.start()
+        return lattice
+
+    yield _make
+    for lattice in started:
+        await lattice.stop()

@@ -151,8 +151,10 @@ class HostControl:
         so there is no sleeping between asks.
         """
         async with asyncio.timeout(timeout):
-            while (await self.health(provider, timeout=min(2.0, timeout))) != {"healthy": True}:
-                pass
+            while True:
+                answer = await self.health(provider, timeout=min(2.0, timeout))
+                if answer is not None and answer.get("healthy") is True:
+                    return
 
     async def shutdown(
         self, provider: ProviderIdentity, timeout: float = 0.3, host_id: str | None = None

@@ -58,6 +58,7 @@ class ProviderProcess:
         self.executable = executable
         self.echo = echo
         self.lines: deque[str] = deque(maxlen=keep_lines)
+        self.total_lines = 0
         self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
         self._changed = asyncio.Condition()
@@ -97,6 +98,7 @@ class ProviderProcess:
                 print(line, file=sys.stderr, flush=True)
             async with self._changed:
                 self.lines.append(line)
+                self.total_lines += 1
                 self._changed.notify_all()
         async with self._changed:
             self._changed.notify_all()
@@ -106,13 +108,18 @@ class ProviderProcess:
         """Everything the provider wrote so far."""
         return "\n".join(self.lines)
 
-    async def wait_for_line(self, pattern: str, timeout: float = 5.0) -> str:
-        """The first output line matching ``pattern`` (a regex), waiting up to ``timeout``."""
+    async def wait_for_line(self, pattern: str, timeout: float = 5.0, since: int = 0) -> str:
+        """The first output line matching ``pattern`` (a regex), waiting up to ``timeout``.
+
+        ``since`` skips the lines before that count of :attr:`total_lines` (take it before
+        doing what should cause the line).
+        """
         regex = re.compile(pattern)
         async with asyncio.timeout(timeout), self._changed:
             while True:
-                for line in self.lines:
-                    if regex.search(line):
+                first = self.total_lines - len(self.lines)
+                for index, line in enumerate(self.lines, start=first):
+                    if index >= since and regex.search(line):
                         return line
                 if self._reader is not None and self._reader.done():
                     raise EOFError(f"the provider exited without writing {pattern!r}:\n{self.output}")

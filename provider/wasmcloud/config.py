@@ -79,17 +79,19 @@ def parse_string_map(raw: Any, where: str) -> dict[str, str]:
 class Config(Mapping[str, str]):
     """Merged, case-insensitive, read-only config. Values that came from secrets are masked in ``repr``."""
 
-    __slots__ = ("_secret", "_values")
+    __slots__ = ("_names", "_secret", "_values")
 
     def __init__(
         self,
         *layers: Mapping[str, str] | Mapping[str, SecretValue],
     ) -> None:
         values: dict[str, str] = {}
+        names: dict[str, str] = {}
         secret: set[str] = set()
         for layer in layers:
             for key, value in layer.items():
                 upper = key.upper()
+                names[upper] = key
                 if isinstance(value, SecretValue):
                     values[upper] = value.as_text(key)
                     secret.add(upper)
@@ -97,6 +99,7 @@ class Config(Mapping[str, str]):
                     values[upper] = value
                     secret.discard(upper)
         self._values = values
+        self._names = names
         self._secret = frozenset(secret)
 
     def __getitem__(self, key: str) -> str:
@@ -110,6 +113,10 @@ class Config(Mapping[str, str]):
 
     def __len__(self) -> int:
         return len(self._values)
+
+    def spelled(self, key: str) -> str:
+        """``key`` as the config spelled it (iteration gives keys in upper case)."""
+        return self._names[key.upper()]
 
     def is_secret(self, key: str) -> bool:
         """Whether the value of ``key`` came from a secret (and must not be shown)."""

@@ -1,0 +1,62 @@
+"""``python -m provider``: the process a wasmCloud host starts (protocol spec §1).
+
+The only place that reads stdin, installs signal handlers and runs the event loop.
+Exit codes: 0 after a shutdown request (or SIGTERM/SIGINT), 2 for unusable HostData,
+1 when the lattice cannot be reached or the provider fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import select
+import signal
+import sys
+
+from provider.errors import ConfigError, ProviderError
+from provider.wasmcloud import logs
+from provider.wasmcloud.hostdata import HostData, decode_host_data
+from provider.wasmcloud.runtime import ProviderRuntime
+from provider.websocket.provider import WebSocketProvider
+
+STDIN_TIMEOUT = 5.0
+"""Seconds to wait for HostData, as the Go SDK does."""
+
+log = logging.getLogger("provider")
+
+
+def read_host_data(timeout: float = STDIN_TIMEOUT) -> HostData:
+    """Read and parse the HostData line the host writes. Raises :class:`ConfigError`."""
+    ready, _, _ = select.select([sys.stdin], [], [], timeout)
+    if not ready:
+        raise ConfigError(f"HostData: nothing on stdin within {timeout:g}s (the host writes one base64 line)")
+    return decode_host_data(sys.stdin.buffer.readline())
+
+
+async def serve(host_data: HostData) -> None:
+    """Run the provider until shutdown; SIGTERM and SIGINT stop it the same way."""
+    runtime = ProviderRuntime(host_data, WebSocketProvider())
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, runtime.stop)
+    await runtime.run()
+
+
+def main() -> None:
+    try:
+        host_data = read_host_data()
+    except ConfigError as exc:
+        print(f"wasmcloud-ws-provider: {exc}", file=sys.stderr)
+        sys.exit(2)
+    logs.configure(host_data.log_level, structured=host_data.structured_logging)
+    try:
+        asyncio.run(serve(host_data))
+    except ProviderError as exc:
+        log.error("%s", exc)
+        sys.exit(1)
+    log.info("provider %s stopped", host_data.provider_key)
+    logging.shutdown()
+
+
+if __name__ == "__main__":
+    main()

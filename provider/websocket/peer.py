@@ -1,0 +1,193 @@
+"""What server sessions and client connections share: bounded sending, ordered delivery with a
+window, rate limiting, TLS material, and the provider's counters. I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import ssl
+import tempfile
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, fields
+from typing import Any
+
+from websockets.asyncio.connection import Connection, broadcast
+from websockets.protocol import State
+
+from provider.errors import ConfigError, WrpcError
+from provider.websocket.formats import Frame
+from provider.wrpc.codec import Err
+from provider.wrpc.messaging import BrokerMessage, UnitResult
+
+log = logging.getLogger("provider.websocket")
+
+Deliver = Callable[[str, BrokerMessage], Awaitable[UnitResult]]
+"""Invoke ``handle-message`` on a component: the runtime's ``ProviderContext.handle_message``."""
+
+
+@dataclass
+class Counters:
+    """What the provider counts; shown in health answers and logs."""
+
+    frames_in: int = 0
+    frames_out: int = 0
+    delivered: int = 0
+    component_errors: int = 0
+    delivery_failures: int = 0
+    bad_frames: int = 0
+    unrouted_frames: int = 0
+    send_overflows: int = 0
+    publish_errors: int = 0
+    dropped_inbound: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+class SendError(Exception):
+    """A frame could not be queued on a connection; the message says why."""
+
+
+def send_frame(ws: Connection, frame: Frame, limit: int) -> None:
+    """Write ``frame`` now, without waiting, unless the connection already buffers ``limit`` bytes.
+
+    This is ``websockets.broadcast`` for one connection: no task, no await. The kernel's
+    socket buffer absorbs what the peer has not read yet; beyond it, the transport's own
+    buffer grows, and ``limit`` bounds that. Raises :class:`SendError`.
+    """
+    if ws.protocol.state is not State.OPEN:
+        raise SendError("the connection is closed")
+    if ws.transport.get_write_buffer_size() > limit:
+        raise SendError(f"the peer is not reading: more than {limit} bytes wait to be sent")
+    broadcast([ws], frame)
+
+
+class Closer:
+    """Owns the close handshakes the provider starts (a slow peer, a component's close request)."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def close(self, ws: Connection, code: int, reason: str) -> None:
+        """Start closing ``ws`` with ``code``; websockets aborts it after its close timeout."""
+        task = asyncio.create_task(ws.close(code, reason[:120]))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def wait(self) -> None:
+        """Wait for every close started so far."""
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+class DeliveryWindow:
+    """At most ``size`` deliveries of one peer in flight; :meth:`submit` waits for a slot.
+
+    Deliveries are started in submission order, so their invocations go out in the order
+    the frames came in; with ``size`` 1 each also finishes before the next starts.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._slots = asyncio.Semaphore(size)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def submit(self, delivery: Coroutine[Any, Any, None]) -> None:
+        try:
+            await self._slots.acquire()
+        except BaseException:
+            delivery.close()
+            raise
+        task = asyncio.create_task(delivery)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+
+    async def drain(self) -> None:
+        """Wait for the deliveries in flight."""
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def cancel(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+
+
+class TokenBucket:
+    """``rate`` messages per second with a burst of ``rate`` (at least 1); :meth:`take` waits for a token."""
+
+    def __init__(self, rate: float) -> None:
+        self._rate = rate
+        self._capacity = max(1.0, rate)
+        self._tokens = self._capacity
+        self._stamp = asyncio.get_running_loop().time()
+
+    async def take(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self._tokens = min(self._capacity, self._tokens + (now - self._stamp) * self._rate)
+        self._stamp = now
+        if self._tokens < 1:
+            # Reading pauses until the bucket refills: the peer is slowed down, nothing is dropped.
+            await asyncio.sleep((1 - self._tokens) / self._rate)
+            self._tokens = 1.0
+            self._stamp = loop.time()
+        self._tokens -= 1
+
+
+async def deliver_to(
+    deliver: Deliver, component: str, msg: BrokerMessage, counters: Counters, origin: str
+) -> None:
+    """Invoke ``handle-message``; log and count what goes wrong instead of raising."""
+    try:
+        result = await deliver(component, msg)
+    except WrpcError as exc:
+        counters.delivery_failures += 1
+        log.warning("%s: message on %r not delivered to %s: %s", origin, msg.subject, component, exc)
+        return
+    if isinstance(result, Err):
+        counters.component_errors += 1
+        log.info(
+            "%s: component %s returned an error for %r: %s", origin, component, msg.subject, result.value
+        )
+    else:
+        counters.delivered += 1
+
+
+def _material(value: str, suffix: str, directory: str) -> str:
+    """A path to ``value``: itself if it is a path, else PEM text written to a private file."""
+    if "-----BEGIN" not in value:
+        if not os.path.isfile(value):
+            raise ConfigError(f"TLS {suffix}: {value!r} is neither PEM text nor a readable file")
+        return value
+    path = os.path.join(directory, suffix)
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+        out.write(value)
+    return path
+
+
+def server_tls(cert: str, key: str) -> ssl.SSLContext:
+    """A server context from PEM text (from secrets) or file paths."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    with tempfile.TemporaryDirectory(prefix="ws-tls-") as directory:
+        try:
+            context.load_cert_chain(
+                _material(cert, "cert.pem", directory), _material(key, "key.pem", directory)
+            )
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(f"TLS_CERT/TLS_KEY could not be loaded: {exc}") from exc
+    return context
+
+
+def client_tls(ca: str | None) -> ssl.SSLContext:
+    """A client context trusting the system CAs, or only ``ca`` (PEM text or a file path) if given."""
+    try:
+        if ca is None:
+            return ssl.create_default_context()
+        if "-----BEGIN" in ca:
+            return ssl.create_default_context(cadata=ca)
+        return ssl.create_default_context(cafile=ca)
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        raise ConfigError(f"TLS_CA could not be loaded: {exc}") from exc
