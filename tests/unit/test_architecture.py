@@ -1,7 +1,7 @@
 """The layering of ``provider/`` holds: dependencies point inward, pure modules do no I/O.
 
 Layers, inner to outer: ``wrpc`` → ``wasmcloud`` → ``websocket`` → ``host``. A module may
-import its own layer and inner ones only. A module whose docstring says "Pure." imports
+import its own layer and inner ones only; ``__main__`` (the composition root) may import all. A module whose docstring says "Pure." imports
 no event loop, network, process or wasm library.
 """
 
@@ -45,6 +45,8 @@ def _imports(path: Path) -> set[str]:
 
 def _layer(path: Path) -> int | None:
     parts = path.relative_to(ROOT).parts
+    if parts == ("__main__.py",):  # the composition root: wires every layer together
+        return len(LAYERS) - 1
     return LAYERS.index(parts[0]) if len(parts) > 1 and parts[0] in LAYERS else None
 
 
