@@ -49,11 +49,13 @@ class NatsServer:
         host: str = "127.0.0.1",
         port: int = -1,
         max_payload: int | None = None,
+        extra_config: str = "",
         start_timeout: float = 10.0,
     ) -> None:
         self.host = host
         self.port = port
         self.max_payload = max_payload
+        self.extra_config = extra_config
         self.start_timeout = start_timeout
         self._proc: subprocess.Popen[str] | None = None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
@@ -75,6 +77,8 @@ class NatsServer:
         lines = [f'host: "{self.host}"', f"port: {self.port}"]
         if self.max_payload is not None:
             lines.append(f"max_payload: {self.max_payload}")
+        if self.extra_config:
+            lines.append(self.extra_config)
         config.write_text("\n".join(lines) + "\n")
         self._proc = subprocess.Popen(
             [find_binary(), "-c", str(config)],

@@ -67,7 +67,7 @@ class _Event(enum.Enum):
     CONFIG = "config update"
 
 
-def _credentials(jwt: str, seed: str) -> UserString:
+def nats_credentials(jwt: str, seed: str) -> UserString:
     """An in-memory NATS creds file, the form nats-py takes a user JWT and nkey seed in."""
     return UserString(
         "-----BEGIN NATS USER JWT-----\n"
@@ -79,44 +79,60 @@ def _credentials(jwt: str, seed: str) -> UserString:
     )
 
 
-async def connect_lattice(host_data: HostData) -> NatsClient:
+async def connect_lattice(host_data: HostData, timeout: float = CONNECT_TIMEOUT) -> NatsClient:
     """Connect to the lattice's RPC NATS (JWT + seed auth when HostData carries them).
 
-    The first connection must succeed within :data:`CONNECT_TIMEOUT`; after that the
-    client reconnects for as long as the provider runs.
+    The first connection is retried for up to ``timeout`` while the server is unreachable,
+    but a refusal (bad credentials, say) fails at once with the server's reason. Once
+    connected, the client reconnects for as long as the provider runs.
     """
 
     async def on_error(exc: Exception) -> None:
         log.warning("NATS: %s", exc)
 
     async def on_disconnected() -> None:
-        log.warning("NATS: disconnected from %s, reconnecting", host_data.lattice_rpc_url)
+        if nc_ready:  # not for a first attempt that failed: that is reported below
+            log.warning("NATS: disconnected from %s, reconnecting", host_data.lattice_rpc_url)
 
     async def on_reconnected() -> None:
         log.info("NATS: reconnected")
 
     options: dict[str, Any] = {}
     if host_data.lattice_rpc_user_jwt and host_data.lattice_rpc_user_seed:
-        options["user_credentials"] = _credentials(
+        options["user_credentials"] = nats_credentials(
             host_data.lattice_rpc_user_jwt, host_data.lattice_rpc_user_seed
         )
-    try:
-        async with asyncio.timeout(CONNECT_TIMEOUT):
-            return await nats.connect(
-                host_data.lattice_rpc_url,
+    url = host_data.lattice_rpc_url
+    nc_ready = False
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            nc = await nats.connect(
+                url,
                 name=f"wasmcloud-ws-provider {host_data.provider_key}",
-                max_reconnect_attempts=-1,  # once connected, never give up on the lattice
+                connect_timeout=max(0.1, min(2.0, deadline - loop.time())),
+                allow_reconnect=False,  # the first connection: fail fast, so that a refusal is seen
+                max_reconnect_attempts=-1,
                 reconnect_time_wait=1,
+                error_cb=on_error,
                 disconnected_cb=on_disconnected,
                 reconnected_cb=on_reconnected,
                 **options,
             )
-    except TimeoutError as exc:
-        raise ProviderError(
-            f"cannot connect to the lattice at {host_data.lattice_rpc_url} within {CONNECT_TIMEOUT:.0f}s"
-        ) from exc
-    except Exception as exc:
-        raise ProviderError(f"cannot connect to the lattice at {host_data.lattice_rpc_url}: {exc}") from exc
+        except (OSError, TimeoutError) as exc:  # not reachable (yet): retry until the deadline
+            if loop.time() >= deadline:
+                raise ProviderError(
+                    f"cannot connect to the lattice at {url} within {timeout:g}s: {exc}"
+                ) from exc
+            await asyncio.sleep(min(0.25, max(0.0, deadline - loop.time())))  # retry back-off
+            continue
+        except Exception as exc:
+            raise ProviderError(f"the lattice at {url} refused the connection: {exc}") from exc
+        # nats-py reads this option whenever the connection drops: from now on, reconnect forever.
+        nc.options["allow_reconnect"] = True
+        nc_ready = True
+        return nc
 
 
 class ProviderRuntime:
