@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test unit lint format bench-wrpc clean
+.PHONY: setup test unit lint format launcher bench-wrpc clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,10 @@ unit: setup
 format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+## launcher: build/wasmcloud-ws-provider, the executable a provider archive carries
+launcher: setup
+	$(BIN)/python -c "from pathlib import Path; from provider.host.launcher import write_launcher; print(write_launcher(Path('build/wasmcloud-ws-provider')))"
 
 ## bench-wrpc: wRPC calls/s next to plain nats-py request/reply, measured in one run
 bench-wrpc: setup
