@@ -18,6 +18,7 @@ from provider.websocket.formats import Format
 from provider.websocket.subjects import Subscriptions
 
 T = TypeVar("T")
+E = TypeVar("E", bound=enum.Enum)
 
 MIB = 1024 * 1024
 
@@ -37,13 +38,17 @@ def _get(config: Config, key: str, default: T, convert: Callable[[str], T], reas
     try:
         return convert(config[key].strip())
     except (ValueError, TypeError) as exc:
-        detail = f" ({exc})" if str(exc) else ""
-        raise _bad(config, key, reason + detail) from exc
+        # The converters' own messages name no value; a secret's value must never show.
+        detail = f" ({exc})" if str(exc) and not config.is_secret(key) else ""
+        raise _bad(config, key, reason + detail) from None
 
 
 def _ranged(kind: Callable[[str], T], low: float, high: float) -> Callable[[str], T]:
     def convert(text: str) -> T:
-        value = kind(text)
+        try:
+            value = kind(text)
+        except ValueError:
+            raise ValueError("") from None  # int()'s message repeats the value
         if not low <= value <= high:  # type: ignore[operator]
             raise ValueError(f"must be between {low:g} and {high:g}")
         return value
@@ -72,7 +77,17 @@ def _bool(config: Config, key: str, default: bool) -> bool:
 
 
 def _format(config: Config) -> Format:
-    return _get(config, "FORMAT", Format.JSON, lambda t: Format(t.lower()), "must be raw, json or msgpack")
+    return _get(config, "FORMAT", Format.JSON, _enum(Format), "must be raw, json or msgpack")
+
+
+def _enum(kind: type[E]) -> Callable[[str], E]:
+    def convert(text: str) -> E:
+        try:
+            return kind(text.lower())
+        except ValueError:
+            raise ValueError("") from None  # the enum's message repeats the value
+
+    return convert
 
 
 def _list(config: Config, key: str) -> tuple[str, ...]:
@@ -83,7 +98,14 @@ def mode_of(config: Config) -> Mode:
     """The link's ``MODE``; required."""
     if "MODE" not in config:
         raise ConfigError("MODE is missing: set MODE=server or MODE=client in the link config")
-    return _get(config, "MODE", Mode.SERVER, lambda t: Mode(t.lower()), "must be server or client")
+    return _get(config, "MODE", Mode.SERVER, _enum(Mode), "must be server or client")
+
+
+def _compression(text: str) -> bool:
+    choices = {"off": False, "none": False, "false": False, "deflate": True, "on": True}
+    if text.lower() not in choices:
+        raise ValueError("")
+    return choices[text.lower()]
 
 
 def _host_port(text: str) -> tuple[str, int]:
@@ -91,6 +113,8 @@ def _host_port(text: str) -> tuple[str, int]:
     if not sep or not host:
         raise ValueError("expected host:port")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not port.isdigit():
+        raise ValueError("the port must be a number")
     number = int(port)
     if not 0 < number < 65536:
         raise ValueError("the port must be 1..65535")
@@ -149,13 +173,7 @@ def server_settings(config: Config) -> ServerSettings:
     cert, key = config.get("TLS_CERT") or None, config.get("TLS_KEY") or None
     if (cert is None) != (key is None):
         raise ConfigError("TLS_CERT and TLS_KEY must be given together (both PEM text or file paths)")
-    compression = _get(
-        config,
-        "COMPRESSION",
-        False,
-        lambda t: {"off": False, "none": False, "false": False, "deflate": True, "on": True}[t.lower()],
-        "must be off or deflate",
-    )
+    compression = _get(config, "COMPRESSION", False, _compression, "must be off or deflate")
     return ServerSettings(
         host=host,
         port=port,
@@ -195,15 +213,15 @@ class ClientSettings:
     """One outgoing connection: where, how to authenticate, how to reconnect, how to frame."""
 
     uri: str
-    auth_token: str | None = None
-    headers: tuple[tuple[str, str], ...] = ()
+    auth_token: str | None = field(default=None, repr=False)
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     subprotocols: tuple[str, ...] = ()
     connect_timeout: float = 10.0
     reconnect_min: float = 0.25
     reconnect_max: float = 30.0
     max_reconnect_attempts: int = 0
     ping_interval: float | None = 20.0
-    tls_ca: str | None = None
+    tls_ca: str | None = field(default=None, repr=False)
     format: Format = Format.JSON
     subject: str = "ws.message"
     max_message_bytes: int = MIB
@@ -212,14 +230,92 @@ class ClientSettings:
 
     @property
     def secure(self) -> bool:
-        return self.uri.startswith("wss://")
+        """Whether the URI is ``wss://`` (TLS)."""
+        return urlsplit(self.uri).scheme == "wss"
+
+    @property
+    def where(self) -> str:
+        """The URI fit for a log line or an error: no user info, no query (either may hold a secret)."""
+        parts = urlsplit(self.uri)
+        host = parts.hostname or ""
+        host = f"[{host}]" if ":" in host else host
+        port = f":{parts.port}" if parts.port is not None else ""
+        return f"{parts.scheme}://{host}{port}{parts.path}"
+
+    def differences(self, other: ClientSettings) -> list[str]:
+        """The config keys in which two links' settings for one connection disagree (values not shown)."""
+        return [
+            CLIENT_KEYS.get(name, name.upper())
+            for name in self.__dataclass_fields__
+            if getattr(self, name) != getattr(other, name)
+        ]
+
+
+CLIENT_KEYS = {
+    "headers": "HEADER_*",
+    "connect_timeout": "CONNECT_TIMEOUT_SEC",
+    "reconnect_min": "RECONNECT_MIN_MS",
+    "reconnect_max": "RECONNECT_MAX_MS",
+    "ping_interval": "PING_INTERVAL_SEC",
+}
+"""Settings whose config key is not simply the field's name in upper case."""
+
+# Headers that the WebSocket handshake itself writes: a HEADER_ key for one of them would send it
+# twice or break the upgrade, so it is refused with the key that does the job instead, if any.
+_HANDSHAKE_HEADERS = {
+    "host": "",
+    "connection": "",
+    "upgrade": "",
+    "sec-websocket-key": "",
+    "sec-websocket-version": "",
+    "sec-websocket-extensions": "",
+    "sec-websocket-accept": "",
+    "sec-websocket-protocol": "; use SUBPROTOCOLS",
+}
+_TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def _is_token(text: str) -> bool:
+    """An HTTP token (RFC 9110 §5.6.2): header names and subprotocols are tokens."""
+    return bool(text) and all(c in _TOKEN_CHARS for c in text)
+
+
+def _is_field_value(text: str) -> bool:
+    """No control characters (CR and LF would split the header; RFC 9110 §5.5), tab allowed."""
+    return all(c == "\t" or (c >= " " and c != "\x7f") for c in text)
 
 
 def _ws_uri(text: str) -> str:
     parts = urlsplit(text)
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
         raise ValueError("expected ws://host[:port]/path or wss://…")
+    _ = parts.port  # raises ValueError for a port that is not a number in 0..65535
+    if parts.fragment:
+        raise ValueError("a WebSocket URI has no #fragment")
     return text
+
+
+def _headers(config: Config) -> tuple[tuple[str, str], ...]:
+    headers: list[tuple[str, str]] = []
+    for key in config:
+        if not key.startswith("HEADER_"):
+            continue
+        name = config.spelled(key)[len("HEADER_") :]
+        if not _is_token(name):
+            raise ConfigError(f"{config.spelled(key)}: {name!r} is not an HTTP header name")
+        if name.lower() in _HANDSHAKE_HEADERS:
+            hint = _HANDSHAKE_HEADERS[name.lower()]
+            raise ConfigError(f"{config.spelled(key)}: the WebSocket handshake sets {name} itself{hint}")
+        if name.lower() == "authorization" and config.get("AUTH_TOKEN"):
+            raise ConfigError(
+                f"{config.spelled(key)}: AUTH_TOKEN already sends Authorization; set one of them"
+            )
+        if not _is_field_value(config[key]):
+            raise _bad(
+                config, config.spelled(key), "a header value cannot hold control characters such as CR or LF"
+            )
+        headers.append((name, config[key]))
+    return tuple(headers)
 
 
 def client_settings(config: Config) -> ClientSettings:
@@ -231,20 +327,19 @@ def client_settings(config: Config) -> ClientSettings:
     reconnect_max = _int(config, "RECONNECT_MAX_MS", 30_000, 1, 3_600_000) / 1000
     if reconnect_max < reconnect_min:
         raise _bad(config, "RECONNECT_MAX_MS", "must not be below RECONNECT_MIN_MS")
-    headers = tuple(
-        (config.spelled(key)[len("HEADER_") :], config[key])
-        for key in config
-        if key.startswith("HEADER_") and len(key) > len("HEADER_")
-    )
-    for name, value in headers:
-        if not all(c.isalnum() or c in "-_" for c in name) or "\n" in value or "\r" in value:
-            raise ConfigError(f"HEADER_{name}: not a valid HTTP header name or value")
+    token = config.get("AUTH_TOKEN") or None
+    if token is not None and not _is_field_value(token):
+        raise _bad(config, "AUTH_TOKEN", "cannot hold control characters such as CR or LF")
+    subprotocols = _list(config, "SUBPROTOCOLS")
+    for name in subprotocols:
+        if not _is_token(name):
+            raise _bad(config, "SUBPROTOCOLS", f"{name!r} is not a subprotocol name (an HTTP token)")
     ping = _seconds(config, "PING_INTERVAL_SEC", 20.0, 0, 3600)
     return ClientSettings(
         uri=uri,
-        auth_token=config.get("AUTH_TOKEN") or None,
-        headers=headers,
-        subprotocols=_list(config, "SUBPROTOCOLS"),
+        auth_token=token,
+        headers=_headers(config),
+        subprotocols=subprotocols,
         connect_timeout=_seconds(config, "CONNECT_TIMEOUT_SEC", 10.0, 0.1, 600),
         reconnect_min=reconnect_min,
         reconnect_max=reconnect_max,

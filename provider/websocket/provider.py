@@ -79,10 +79,10 @@ class WebSocketProvider:
             if mode is Mode.SERVER:
                 await self._put_server_link(link)
             else:
-                self._put_client_link(link, handler=True)
+                await self._put_client_link(link, handler=True)
         else:
             if mode is Mode.CLIENT:
-                self._put_client_link(link, handler=False)
+                await self._put_client_link(link, handler=False)
             self._consumer_modes[link.key] = mode
 
     async def _put_server_link(self, link: Link) -> None:
@@ -110,24 +110,46 @@ class WebSocketProvider:
             link.component_id,
         )
 
-    def _put_client_link(self, link: Link, *, handler: bool) -> None:
+    async def _put_client_link(self, link: Link, *, handler: bool) -> None:
         settings = client_settings(link.config)
         key: ClientKey = (link.component_id, settings.uri, link.name)
         connection = self.clients.get(key)
-        if connection is None:
+        if connection is not None and connection.settings != settings:
+            # The two links of a connection are put one after the other, so when a manifest
+            # changes the config of both, the first put meets the other's old settings. Refusing
+            # it would lose that link for good; the link put last decides instead.
+            log.warning(
+                "%s: link %r to %s sets %s differently from the other link of its connection; "
+                "reconnecting with this link's settings (give both links the same client keys)",
+                link.component_id,
+                link.name,
+                settings.where,
+                ", ".join(connection.settings.differences(settings)),
+            )
+            replacement = Connection(link.component_id, settings, self._handle, self.counters)
+            replacement.has_handler = connection.has_handler
+            replacement.has_consumer = connection.has_consumer
+            self.clients[key] = replacement
+            await connection.close("link config changed")
+            connection = replacement
+            connection.start()
+        elif connection is None:
             connection = Connection(link.component_id, settings, self._handle, self.counters)
             self.clients[key] = connection
             connection.start()
-        elif connection.settings != settings:
-            raise ConfigError(
-                f"the handler and consumer links of {link.component_id} to {settings.uri} "
-                f"(link {link.name!r}) share one connection and must have the same client settings"
-            )
         if handler:
             connection.has_handler = True
         else:
             connection.has_consumer = True
         self._client_links[link.key] = key
+        log.info(
+            "%s: %s link %r uses client connection %s to %s",
+            link.component_id,
+            "handler" if handler else "consumer",
+            link.name,
+            connection.id,
+            settings.where,
+        )
 
     async def delete_link(self, link: Link) -> None:
         self._consumer_modes.pop(link.key, None)
@@ -139,8 +161,8 @@ class WebSocketProvider:
                 del self.servers[address]
                 await server.stop()
         key = self._client_links.pop(link.key, None)
-        if key is not None:
-            connection = self.clients[key]
+        connection = self.clients.get(key) if key is not None else None
+        if key is not None and connection is not None:
             if link.role is Role.SOURCE:
                 connection.has_handler = False
             else:
@@ -157,25 +179,31 @@ class WebSocketProvider:
         servers, self.servers = list(self.servers.values()), {}
         clients, self.clients = list(self.clients.values()), {}
         await asyncio.gather(
-            *(s.stop() for s in servers), *(c.close() for c in clients), return_exceptions=True
+            *(s.stop() for s in servers),
+            *(c.close("provider shutting down") for c in clients),
+            return_exceptions=True,
         )
 
     def health(self) -> Health:
         open_clients = sum(1 for c in self.clients.values() if c.state is State.OPEN)
+        failed = sum(1 for c in self.clients.values() if c.state is State.FAILED)
         message = (
             f"{len(self.servers)} server(s), {len(self.sessions)} session(s), "
             f"{open_clients}/{len(self.clients)} client connection(s) open"
         )
+        if failed:
+            message += f", {failed} given up (MAX_RECONNECT_ATTEMPTS)"
         return Health(True, message)
 
     # -- from components ------------------------------------------------------------------------------
 
     async def publish(self, link: Link, msg: BrokerMessage) -> UnitResult:
         mode = self._consumer_modes.get(link.key, Mode.SERVER)
+        # A connection's reply subject works whatever the consumer link's mode: a component that
+        # receives from a client-mode handler link can always answer what it received.
+        client = mode is Mode.CLIENT or isinstance(parse_target(msg.subject), ToConnection)
         result = (
-            self._server_publish(link.component_id, msg)
-            if mode is Mode.SERVER
-            else await self._client_publish(link, msg)
+            await self._client_publish(link, msg) if client else self._server_publish(link.component_id, msg)
         )
         if isinstance(result, Err):
             self.counters.publish_errors += 1
@@ -239,18 +267,22 @@ class WebSocketProvider:
         return self.clients.get(key) if key is not None else None
 
     async def _client_publish(self, link: Link, msg: BrokerMessage) -> UnitResult:
-        connection = self._connection_of(link)
-        if connection is None:
-            return Err(f"component {link.component_id!r} has no client connection for link {link.name!r}")
         target = parse_target(msg.subject)
         subject = msg.subject
         if isinstance(target, ToConnection):
             owned = {c.id: c for c in self.clients.values() if c.component == link.component_id}
-            if target.connection_id not in owned:
-                return Err(f"no connection {target.connection_id!r} of component {link.component_id!r}")
-            connection = owned[target.connection_id]
+            connection = owned.get(target.connection_id)
+            if connection is None:
+                return Err(
+                    f"no connection {target.connection_id!r} of component {link.component_id!r} "
+                    "(its links were deleted, or it belongs to another component)"
+                )
             subject = target.reply or subject
-        elif not isinstance(target, Other):
+        elif isinstance(target, Other):
+            connection = self._connection_of(link)
+            if connection is None:
+                return Err(f"component {link.component_id!r} has no client connection for link {link.name!r}")
+        else:
             return Err(f"{msg.subject!r} is a server-mode subject; this link has MODE=client")
         try:
             await connection.send(Envelope(subject, msg.body, msg.reply_to))
