@@ -85,30 +85,40 @@ class DeliveryWindow:
     """At most ``size`` deliveries of one peer in flight; :meth:`submit` waits for a slot.
 
     Deliveries are started in submission order, so their invocations go out in the order
-    the frames came in; with ``size`` 1 each also finishes before the next starts.
+    the frames came in; with ``size`` 1 each also finishes before the next starts. Only the
+    peer's reader submits, so there is at most one waiter. Kept small: there is one per session.
     """
 
+    __slots__ = ("_free", "_tasks", "_wake")
+
     def __init__(self, size: int) -> None:
-        self._slots = asyncio.Semaphore(size)
+        self._free = size
         self._tasks: set[asyncio.Task[None]] = set()
+        self._wake: asyncio.Future[None] | None = None
 
     async def submit(self, delivery: Coroutine[Any, Any, None]) -> None:
         try:
-            await self._slots.acquire()
+            while self._free == 0:
+                self._wake = asyncio.get_running_loop().create_future()
+                await self._wake
         except BaseException:
             delivery.close()
             raise
+        self._free -= 1
         task = asyncio.create_task(delivery)
         self._tasks.add(task)
         task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        self._slots.release()
+        self._free += 1
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
 
     async def drain(self) -> None:
         """Wait for the deliveries in flight."""
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def cancel(self) -> None:
         for task in self._tasks:

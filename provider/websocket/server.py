@@ -55,7 +55,7 @@ STOP_TIMEOUT = 0.15
 """Seconds a stopping server waits for its sessions to close (inside the host's 300 ms shutdown budget)."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Session:
     """One connected client."""
 

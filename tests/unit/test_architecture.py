@@ -1,8 +1,8 @@
 """The layering of ``provider/`` holds: dependencies point inward, pure modules do no I/O.
 
 Layers, inner to outer: ``wrpc`` → ``wasmcloud`` → ``websocket`` → ``host``. A module may
-import its own layer and inner ones only; ``__main__`` (the composition root) may import all. A module whose docstring says "Pure." imports
-no event loop, network, process or wasm library.
+import its own layer and inner ones only; ``__main__`` (the composition root) may import all.
+A module whose docstring says "Pure." imports no event loop, network, process or wasm library.
 """
 
 from __future__ import annotations
