@@ -102,7 +102,7 @@ class Inbox(Protocol):
         """Register ``route``; return its reply subject, already able to receive."""
 
     def reserve(self) -> str:
-        """A fresh reply subject with no route: whatever arrives on it is dropped."""
+        """A fresh reply subject nobody subscribes to: whatever is sent there is dropped."""
 
     async def close(self, subject: str) -> None:
         """Stop delivering to the route of ``subject``; late messages are dropped."""
@@ -122,6 +122,7 @@ class SharedInbox:
     def __init__(self, nc: NatsClient) -> None:
         self._nc = nc
         self._prefix = _new_prefix()
+        self._unrouted = _new_prefix()
         self._routes: dict[str, Route] = {}
         self._ids = itertools.count(1)
         self._sub: Subscription | None = None
@@ -143,7 +144,9 @@ class SharedInbox:
         return self._prefix + token
 
     def reserve(self) -> str:
-        return self._prefix + str(next(self._ids))
+        # Outside the wildcard: what the peer still sends there (its params EOF) is dropped by
+        # the NATS server instead of being delivered to us only to be thrown away.
+        return self._unrouted + str(next(self._ids))
 
     async def close(self, subject: str) -> None:
         self._routes.pop(subject[len(self._prefix) :], None)
