@@ -248,12 +248,12 @@ class WsServer:
             target = target / "index.html"
         if not target.is_relative_to(root) or not target.is_file():
             return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
-        response = connection.respond(HTTPStatus.OK, "")
         body = target.read_bytes()
-        response.body = body
-        response.headers["Content-Type"] = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
-        response.headers["Content-Length"] = str(len(body))
-        return response
+        content_type = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+        # A fresh Response: respond() would already carry text/plain and a zero Content-Length,
+        # and websockets' Headers add values rather than replace them.
+        headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body)))])
+        return Response(HTTPStatus.OK.value, HTTPStatus.OK.phrase, headers, body)
 
     # -- a session -------------------------------------------------------------------------------
 

@@ -525,3 +525,28 @@ async def test_websocat_client(echo_server: tuple[LocalLattice, int]) -> None:
     finally:
         proc.kill()
         await proc.wait()
+
+
+async def test_static_dir_serves_files_and_nothing_outside(make_lattice: MakeLattice, tmp_path: Any) -> None:
+    """STATIC_DIR answers plain GETs (index.html at /, one Content-Length) and refuses paths outside it."""
+    (tmp_path / "index.html").write_text("<h1>chat</h1>")
+    (tmp_path.parent / "secret.txt").write_text("do not serve")
+    lattice = await make_lattice()
+    await lattice.component("echo", echo)
+    port = free_port()
+    await serve_links(lattice, "echo", port, STATIC_DIR=str(tmp_path))
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)).decode()
+    length = [line for line in head.split("\r\n") if line.lower().startswith("content-length")]
+    assert head.startswith("HTTP/1.1 200")
+    assert length == ["Content-Length: 13"]
+    assert "Content-Type: text/html" in head
+    assert await asyncio.wait_for(reader.readexactly(13), WAIT) == b"<h1>chat</h1>"
+    writer.close()
+    for path in ("/../secret.txt", "/%2e%2e/secret.txt", "/missing.html"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        status = (await asyncio.wait_for(reader.readline(), WAIT)).decode()
+        assert status.startswith("HTTP/1.1 404"), (path, status)
+        writer.close()
