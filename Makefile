@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test unit lint format launcher bench-wrpc clean
+.PHONY: setup test unit lint format launcher bench-wrpc clean run components chromium
 
 setup: $(STAMP)
 
@@ -22,8 +22,9 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-## test: lint, then every test (unit and integration, real nats-server on loopback)
-test: lint
+## test: lint, then every test (unit and integration, real nats-server on loopback, real wasm
+## components, headless Chromium for the demo page)
+test: lint chromium
 	$(BIN)/python -m pytest
 
 unit: setup
@@ -40,6 +41,22 @@ launcher: setup
 ## bench-wrpc: wRPC calls/s next to plain nats-py request/reply, measured in one run
 bench-wrpc: setup
 	$(BIN)/python -m bench.wrpc
+
+## run: NATS, the provider (server mode on 127.0.0.1:8080) and the chat component from wadm.yaml
+run: setup
+	$(BIN)/python -m provider.host run wadm.yaml
+
+## components: build components/* into build/components/*.wasm (cached by a hash of their inputs)
+components: setup
+	$(BIN)/python -m provider.host build
+
+## chromium: headless Chromium for the browser test (Debian's package; needs root and apt)
+CHROMIUM := /usr/bin/chromium
+chromium: $(CHROMIUM)
+
+$(CHROMIUM):
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

@@ -55,11 +55,13 @@ class LocalLattice:
         log_level: str = "info",
         structured_logging: bool = False,
         echo_logs: bool = False,
+        cwd: Path | None = None,
+        own_process_group: bool = False,
     ) -> None:
         self.nats_url = nats_url
         self.provider = ProviderIdentity(provider_id)
         self.lattice = lattice
-        self.process = ProviderProcess(launcher, echo=echo_logs)
+        self.process = ProviderProcess(launcher, echo=echo_logs, cwd=cwd, own_process_group=own_process_group)
         self._start_args = {
             "links": links,
             "link_secrets": link_secrets,
@@ -141,13 +143,20 @@ class LocalLattice:
         assert self.host is not None
         return await self.host.shutdown(self.provider, SHUTDOWN_WAIT)
 
-    async def stop(self) -> None:
-        """Shut the provider down as a host does (request, then SIGKILL if it is still there)."""
+    async def stop_provider(self) -> None:
+        """Shut the provider down as a host does (request, then SIGKILL if it is still there).
+
+        The connections stay open, so components can be stopped after the provider. Idempotent.
+        """
         if self.host is not None and self.process.returncode is None:
             await self.shutdown()
             with contextlib.suppress(TimeoutError):
                 await self.process.wait(2.0)
         await self.process.kill()
+
+    async def stop(self) -> None:
+        """Stop the provider (:meth:`stop_provider`), then the components and connections."""
+        await self.stop_provider()
         for component in self._components:
             await component.close()
         if self.transport is not None:

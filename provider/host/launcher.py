@@ -52,11 +52,24 @@ class ProviderProcess:
     """A provider process started the host's way, with its stderr kept for inspection.
 
     ``echo`` copies the provider's log lines to this process's stderr (the host's output).
+    ``cwd`` is its working directory (default: this process's). ``own_process_group``
+    starts it in a process group of its own, so a terminal's Ctrl-C reaches only the host,
+    which then shuts it down in order (the local host's ``run`` does that).
     """
 
-    def __init__(self, executable: Path, *, echo: bool = False, keep_lines: int = 10_000) -> None:
+    def __init__(
+        self,
+        executable: Path,
+        *,
+        echo: bool = False,
+        keep_lines: int = 10_000,
+        cwd: Path | None = None,
+        own_process_group: bool = False,
+    ) -> None:
         self.executable = executable
         self.echo = echo
+        self.cwd = cwd
+        self.own_process_group = own_process_group
         self.lines: deque[str] = deque(maxlen=keep_lines)
         self.total_lines = 0
         self._proc: asyncio.subprocess.Process | None = None
@@ -81,6 +94,8 @@ class ProviderProcess:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             env=host_environment(),
+            cwd=self.cwd,
+            process_group=0 if self.own_process_group else None,
         )
         self._reader = asyncio.create_task(self._read())
         assert self._proc.stdin is not None

@@ -41,7 +41,11 @@ def find_binary() -> str:
 
 
 class NatsServer:
-    """A ``nats-server`` child process. Use as a context manager or call start/stop."""
+    """A ``nats-server`` child process. Use as a context manager or call start/stop.
+
+    ``own_process_group`` starts it in a process group of its own, so a terminal's Ctrl-C
+    reaches only its parent, which stops it after everything that uses it.
+    """
 
     def __init__(
         self,
@@ -51,8 +55,10 @@ class NatsServer:
         max_payload: int | None = None,
         extra_config: str = "",
         start_timeout: float = 10.0,
+        own_process_group: bool = False,
     ) -> None:
         self.host = host
+        self.own_process_group = own_process_group
         self.port = port
         self.max_payload = max_payload
         self.extra_config = extra_config
@@ -62,6 +68,11 @@ class NatsServer:
         self._ready = threading.Event()
         self._log: deque[str] = deque(maxlen=200)
         self._reader: threading.Thread | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs."""
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
 
     @property
     def url(self) -> str:
@@ -86,6 +97,7 @@ class NatsServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            process_group=0 if self.own_process_group else None,
         )
         self._reader = threading.Thread(target=self._read_log, name="nats-server-log", daemon=True)
         self._reader.start()

@@ -1,0 +1,235 @@
+"""The local host: runs a wadm manifest on one machine, as a wasmCloud 1.x host would. I/O.
+
+Given a checked :class:`~provider.host.wadm.Application` and a NATS server, it
+
+1. resolves every component's ``image`` (all of them, before anything starts, so a bad
+   reference stops the run with the manifest line and nothing half-started);
+2. builds components that have sources (cached by their inputs) and compiles them
+   (cached by wasm hash) off the event loop;
+3. launches the provider as a host does (:class:`~provider.host.lattice.LocalLattice`:
+   HostData on stdin with the capability's config, an empty environment, health-checked),
+   in the manifest's directory, so relative paths in link config mean the same as in
+   ``image:``;
+4. instantiates each component and serves its ``handle-message`` over wRPC;
+5. puts the links, ``consumer`` links (component → provider) first, so a component can
+   already answer when a ``handler`` link makes the provider deliver to it; each put
+   waits for the provider's log line saying it was applied, and a rejected link stops
+   the run with the provider's reason.
+
+Stopping is the reverse: the provider's shutdown request (it closes its sessions), then
+the components.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from provider.errors import ProviderError
+from provider.host.build import BuildError, ComponentBuilder, Image, ensure_built, resolve_image
+from provider.host.lattice import LocalLattice
+from provider.host.launcher import LAUNCHER_NAME, write_launcher
+from provider.host.wadm import Application, Link, ManifestError
+from provider.host.wasm import FUEL_PER_CALL, WasmComponent, WasmEngine, load_component
+
+log = logging.getLogger("provider.host")
+
+LINK_WAIT = 10.0
+"""Seconds to wait for the provider to say it applied a link."""
+
+
+class HostError(ProviderError):
+    """The local host could not start what the manifest describes."""
+
+
+def resolve_images(app: Application, base_dir: Path) -> dict[str, Image]:
+    """Every component's image, resolved against ``base_dir``; :class:`ManifestError` at the first bad one."""
+    images: dict[str, Image] = {}
+    for component in app.components:
+        try:
+            images[component.name] = resolve_image(component.image, base_dir)
+        except BuildError as exc:
+            raise ManifestError(
+                f"{app.source}:{component.line}: component {component.name!r}: {exc}"
+            ) from None
+    return images
+
+
+async def prepare(app: Application, base_dir: Path, cache_dir: Path) -> dict[str, Path]:
+    """Resolve every image, then build what has sources (one at a time: a componentize-py build
+    takes ~400 MB and a whole core), off the event loop. Component name → its ``.wasm``.
+
+    Starts nothing; raises :class:`ManifestError` or :class:`HostError` naming the manifest line.
+    """
+    images = resolve_images(app, base_dir)
+    builder = ComponentBuilder(cache_dir)
+    paths: dict[str, Path] = {}
+    for name, image in images.items():
+        try:
+            paths[name] = await asyncio.to_thread(ensure_built, image, builder)
+        except BuildError as exc:
+            raise HostError(f"{app.source}:{app.component(name).line}: component {name!r}: {exc}") from None
+    return paths
+
+
+def _setting(config: Mapping[str, str], key: str, default: str) -> str:
+    """A config value by case-insensitive key, as the provider reads config."""
+    for name, value in config.items():
+        if name.upper() == key:
+            return value
+    return default
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A server-mode listen address a handler link opens, for telling the user what to open."""
+
+    component: str
+    websocket: str
+    page: str | None
+
+
+class LocalHost:
+    """Runs ``app`` against the NATS server at ``nats_url``. ``async with`` it, or call start/stop."""
+
+    def __init__(
+        self,
+        app: Application,
+        nats_url: str,
+        *,
+        base_dir: Path,
+        cache_dir: Path,
+        lattice: str = "default",
+        launcher: Path | None = None,
+        log_level: str = "info",
+        echo_logs: bool = False,
+        own_process_group: bool = False,
+        fuel: int = FUEL_PER_CALL,
+    ) -> None:
+        self.app = app
+        self.nats_url = nats_url
+        self.base_dir = base_dir
+        self.cache_dir = cache_dir
+        self.lattice_name = lattice
+        self.launcher = launcher
+        self.log_level = log_level
+        self.echo_logs = echo_logs
+        self.own_process_group = own_process_group
+        self.fuel = fuel
+        self.engine = WasmEngine(cache_dir)
+        self.lattice: LocalLattice | None = None
+        self.components: dict[str, WasmComponent] = {}
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    async def start(self) -> None:
+        """Start everything the manifest describes; on failure, stop what was started and raise."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        paths = await prepare(self.app, self.base_dir, self.cache_dir)
+        compiled = {name: await load_component(self.engine, path) for name, path in paths.items()}
+        launcher = self.launcher
+        if launcher is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="wasmcloud-local-host-")
+            launcher = write_launcher(Path(self._tmp.name) / LAUNCHER_NAME)
+        capability = self.app.capability
+        self.lattice = LocalLattice(
+            self.nats_url,
+            launcher,
+            provider_id=capability.id,
+            lattice=self.lattice_name,
+            config=capability.config,
+            log_level=self.log_level,
+            echo_logs=self.echo_logs,
+            cwd=self.base_dir,
+            own_process_group=self.own_process_group,
+        )
+        await self.lattice.start()
+        assert self.lattice.transport is not None
+        for component in self.app.components:
+            running = WasmComponent(
+                self.engine,
+                compiled[component.name],
+                self.lattice.transport,
+                component.id,
+                capability.id,
+                lattice=self.lattice_name,
+                instances=component.instances,
+                fuel=self.fuel,
+            )
+            await running.start()
+            self.components[component.name] = running
+            log.info(
+                "component %s (%s) runs %d instance(s)", component.name, component.id, component.instances
+            )
+        consumers = [link for link in self.app.links if link.target == capability.name]
+        handlers = [link for link in self.app.links if link.source == capability.name]
+        for link in consumers + handlers:
+            await self._put_link(link)
+
+    async def _put_link(self, link: Link) -> None:
+        assert self.lattice is not None
+        try:
+            line = await self.lattice.put_link(link.definition, wait=LINK_WAIT)
+        except TimeoutError:
+            raise HostError(
+                f"{self.app.source}:{link.line}: the provider did not apply {link.definition.describe()} "
+                f"within {LINK_WAIT:g}s"
+            ) from None
+        if line is None or "rejected link" in line:
+            reason = line[line.index("rejected link") :] if line else "no reason given"  # past the log prefix
+            raise HostError(f"{self.app.source}:{link.line}: the provider {reason}")
+
+    def component(self, name: str) -> WasmComponent:
+        """The running component called ``name`` in the manifest."""
+        return self.components[name]
+
+    def endpoints(self) -> list[Endpoint]:
+        """The WebSocket servers the manifest's server-mode handler links open, and their pages."""
+        found: list[Endpoint] = []
+        for link in self.app.links:
+            if link.source != self.app.capability.name:
+                continue
+            config = {**self.app.capability.config, **link.definition.source_config}
+            if _setting(config, "MODE", "").lower() != "server":
+                continue
+            address = _setting(config, "URI", "127.0.0.1:8080")
+            path = _setting(config, "PATH", "/ws")
+            page = f"http://{address}/" if _setting(config, "STATIC_DIR", "") else None
+            found.append(Endpoint(link.target, f"ws://{address}{path}", page))
+        return found
+
+    async def stop(self) -> None:
+        """Shut the provider down as a host does, then stop the components. Idempotent."""
+        lattice, self.lattice = self.lattice, None
+        if lattice is not None:
+            await lattice.stop_provider()  # first: it closes its sessions while components still answer
+        components, self.components = list(self.components.values()), {}
+        for component in components:
+            await component.close()
+        if lattice is not None:
+            await lattice.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    async def __aenter__(self) -> LocalHost:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
