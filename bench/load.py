@@ -1,0 +1,130 @@
+"""The load generator: WebSocket clients on loopback, run as its own process by ``bench.ws``.
+
+``python -m bench.load throughput URL --connections 50 --in-flight 8 --body 32 --seconds 5``
+prints one JSON object. Every run is bounded in time and in message count. Replies come
+back in order per connection (the echo servers keep per-session order), so each reply is
+matched to its send time through a FIFO, which gives the latency of every message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from collections import deque
+
+from websockets.asyncio.client import ClientConnection, connect
+
+
+def frame(body_size: int) -> str:
+    """The JSON frame every configuration echoes: a subject and ``body_size`` bytes of body."""
+    return json.dumps({"subject": "bench.echo", "body": "x" * body_size})
+
+
+async def _connect(url: str) -> ClientConnection:
+    return await connect(url, compression=None, max_queue=None, open_timeout=30, ping_interval=None)
+
+
+async def throughput(
+    url: str, connections: int, in_flight: int, body: int, seconds: float, limit: int
+) -> dict[str, float]:
+    """Messages per second and latency percentiles with ``in_flight`` messages outstanding per connection."""
+    payload = frame(body)
+    latencies: list[float] = []
+    clients = [await _connect(url) for _ in range(connections)]
+    per_connection = max(1, limit // connections)
+
+    async def run(ws: ClientConnection, deadline: float) -> None:
+        sent: deque[float] = deque()
+        done = 0
+        for _ in range(in_flight):
+            sent.append(time.perf_counter())
+            await ws.send(payload)
+        while done < per_connection:
+            await ws.recv()
+            now = time.perf_counter()
+            latencies.append(now - sent.popleft())
+            done += 1
+            if now < deadline and done + len(sent) < per_connection:
+                sent.append(now)
+                await ws.send(payload)
+            elif not sent:
+                break
+
+    # warm-up: one round trip per connection, not measured
+    await asyncio.gather(*(_round_trip(ws, payload) for ws in clients))
+    started = time.perf_counter()
+    await asyncio.wait_for(asyncio.gather(*(run(ws, started + seconds) for ws in clients)), seconds + 60)
+    elapsed = time.perf_counter() - started
+    for ws in clients:
+        await ws.close()
+    quantiles = statistics.quantiles(latencies, n=100)
+    return {
+        "messages": len(latencies),
+        "rate": len(latencies) / elapsed,
+        "p50_ms": quantiles[49] * 1000,
+        "p99_ms": quantiles[98] * 1000,
+    }
+
+
+async def _round_trip(ws: ClientConnection, payload: str) -> None:
+    await ws.send(payload)
+    await ws.recv()
+
+
+async def idle(url: str, connections: int) -> None:
+    """Hold ``connections`` idle sessions; print ``ready`` once all are open and each has done
+    one round trip (so the server holds all its per-session state), one session at a time
+    so that no burst of concurrent work inflates the server's memory; exit when stdin closes."""
+    clients = [await _connect(url) for _ in range(connections)]
+    for ws in clients:
+        await _round_trip(ws, frame(32))
+    print("ready", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    for ws in clients:
+        await ws.close()
+
+
+async def broadcast(url: str, connections: int, rounds: int) -> dict[str, float]:
+    """Time from one client's trigger frame to its arrival at all ``connections`` sessions."""
+    clients = [await _connect(url) for _ in range(connections)]
+    trigger = json.dumps({"subject": "bench.broadcast", "body": "go"})
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        await clients[0].send(trigger)
+        await asyncio.wait_for(asyncio.gather(*(ws.recv() for ws in clients)), 60)
+        times.append(time.perf_counter() - started)
+    for ws in clients:
+        await ws.close()
+    return {"median_ms": statistics.median(times) * 1000, "min_ms": min(times) * 1000}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("mode", choices=["throughput", "idle", "broadcast"])
+    parser.add_argument("url")
+    parser.add_argument("--connections", type=int, default=1)
+    parser.add_argument("--in-flight", type=int, default=1)
+    parser.add_argument("--body", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--limit", type=int, default=200_000, help="at most this many messages in all")
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    if args.mode == "throughput":
+        result = asyncio.run(
+            throughput(args.url, args.connections, args.in_flight, args.body, args.seconds, args.limit)
+        )
+    elif args.mode == "broadcast":
+        result = asyncio.run(broadcast(args.url, args.connections, args.rounds))
+    else:
+        asyncio.run(idle(args.url, args.connections))
+        return
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

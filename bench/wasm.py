@@ -1,0 +1,115 @@
+"""Configuration 3 of ``make bench``: the provider with ``echo.wasm`` run by the local host.
+
+The local host (``python -m provider.host run``) runs in its own process with its own NATS
+server, exactly as ``make run`` does, on a manifest written here: the echo component
+(built on demand, cached) linked both ways with the provider in server mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import signal
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from provider.host.nats_server import NatsServer
+
+ROOT = Path(__file__).resolve().parent.parent
+INSTANCES = 4
+"""Wasm instances (worker threads, one Store each): enough to keep both cores busy."""
+
+MANIFEST = """\
+apiVersion: core.oam.dev/v1beta1
+kind: Application
+metadata:
+  name: bench-echo
+spec:
+  components:
+    - name: echo
+      type: component
+      properties:
+        image: file://{root}/build/components/echo.wasm
+      traits:
+        - type: spreadscaler
+          properties:
+            instances: {instances}
+        - type: link
+          properties:
+            namespace: wasmcloud
+            package: messaging
+            interfaces: [consumer]
+            target:
+              name: websocket
+              config:
+                - name: echo-publish
+                  properties:
+                    MODE: server
+    - name: websocket
+      type: capability
+      properties:
+        image: file://{root}/build/wasmcloud-ws-provider.par.gz
+      traits:
+        - type: link
+          properties:
+            namespace: wasmcloud
+            package: messaging
+            interfaces: [handler]
+            target:
+              name: echo
+            source:
+              config:
+                - name: echo-server
+                  properties:
+                    MODE: server
+                    URI: 127.0.0.1:{port}
+"""
+
+
+@contextlib.asynccontextmanager
+async def provider_wasm(nats: NatsServer, launcher: Path) -> AsyncIterator[object]:
+    """Run the local host on a one-component manifest; yield a ``bench.ws.Target``.
+
+    ``nats`` and ``launcher`` are unused: the local host starts its own, as ``make run`` does.
+    """
+    from bench.ws import Target, free_port
+
+    port = free_port()
+    with tempfile.TemporaryDirectory() as directory:
+        manifest = Path(directory) / "wadm.yaml"
+        manifest.write_text(MANIFEST.format(root=ROOT, port=port, instances=INSTANCES))
+        host = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "provider.host", "run", str(manifest),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL, cwd=ROOT,
+        )  # fmt: skip
+        drain: asyncio.Task[bytes] | None = None
+        try:
+            assert host.stdout is not None
+            provider_pid = 0
+            async with asyncio.timeout(300):  # the first run builds and compiles echo.wasm
+                async for raw in host.stdout:
+                    line = raw.decode(errors="replace")
+                    found = re.search(r"provider .*\(pid (\d+)\)", line)
+                    if found:
+                        provider_pid = int(found.group(1))
+                    if "Ready." in line:
+                        break
+                else:
+                    raise RuntimeError("the local host did not start")
+            drain = asyncio.create_task(host.stdout.read())  # a full pipe would stall the host
+            yield Target("provider + echo.wasm (local host)", f"ws://127.0.0.1:{port}/ws", provider_pid)
+        finally:
+            if host.returncode is None:
+                host.send_signal(signal.SIGINT)
+            try:
+                async with asyncio.timeout(30):
+                    await host.wait()
+            except TimeoutError:
+                host.kill()
+                await host.wait()
+            if drain is not None:
+                await drain
