@@ -15,10 +15,10 @@ from __future__ import annotations
 import asyncio
 import sys
 
-import nats
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 
 from provider.host.native import NativeComponent, echo
+from provider.wrpc.connection import connect as connect_nats
 from provider.wrpc.messaging import BrokerMessage, UnitResult
 from provider.wrpc.nats import WrpcTransport
 
@@ -51,7 +51,7 @@ async def bare(port: int) -> None:
 
 
 async def component(nats_url: str, provider_id: str) -> None:
-    nc = await nats.connect(nats_url)
+    nc = await connect_nats(nats_url)
     transport = WrpcTransport(nc)
     await transport.start()
 

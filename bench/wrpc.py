@@ -18,12 +18,12 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import nats
-from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from provider.host.nats_server import NatsServer
 from provider.wrpc.codec import Ok, encode
+from provider.wrpc.connection import NatsConnection
+from provider.wrpc.connection import connect as connect_nats
 from provider.wrpc.messaging import BROKER_MESSAGE, PUBLISH, BrokerMessage, UnitResult
 from provider.wrpc.nats import Headers, PerCallInbox, SharedInbox, WrpcTransport
 
@@ -36,7 +36,7 @@ HEADERS = {"source-id": "bench-component", "link-name": "default"}
 
 async def serve(url: str) -> None:
     """The callee: a plain NATS responder and the same function over wRPC, both inbox kinds."""
-    nc = await nats.connect(url)
+    nc = await connect_nats(url)
 
     async def plain(msg: Msg) -> None:
         await nc.publish(msg.reply, b"\x00")
@@ -87,7 +87,7 @@ async def measure(name: str, call: Callable[[], Awaitable[object]], in_flight: i
 
 
 async def run(url: str, seconds: float) -> list[Row]:
-    nc: NatsClient = await nats.connect(url)
+    nc: NatsConnection = await connect_nats(url)
     shared = WrpcTransport(nc, inbox=SharedInbox(nc))
     per_call = WrpcTransport(nc, inbox=PerCallInbox(nc))
     await shared.start()

@@ -163,15 +163,19 @@ async def _idle_memory(target: Target) -> float:
     return (after - before) / IDLE_SESSIONS
 
 
-async def measure(target: Target, seconds: float) -> Result:
+async def measure(target: Target, seconds: float, quick: bool = False) -> Result:
     result = Result(target.name)
     for connections, in_flight, body in CASES:
+        if quick and body != 32:
+            continue
         key = f"{connections}x{in_flight} {body}B"
         result.throughput[key] = await _load(
             "throughput", target.url, "--connections", str(connections), "--in-flight", str(in_flight),
             "--body", str(body), "--seconds", str(seconds),
         )  # fmt: skip
         print(f"  {target.name}: {key}: {result.throughput[key]['rate']:,.0f} msg/s", file=sys.stderr)
+    if quick:
+        return result
     result.idle_bytes_per_session = await _idle_memory(target)
     broadcast = await _load("broadcast", target.url, "--connections", str(IDLE_SESSIONS))
     result.broadcast_ms = broadcast["median_ms"]
@@ -245,7 +249,7 @@ def chart(results: list[Result], path: Path) -> None:
 Config = Callable[..., contextlib.AbstractAsyncContextManager[Target]]
 
 
-async def run(seconds: float, with_wasm: bool) -> list[Result]:
+async def run(seconds: float, with_wasm: bool, quick: bool = False) -> list[Result]:
     results = []
     with NatsServer() as nats, tempfile.TemporaryDirectory() as directory:
         launcher = write_launcher(Path(directory) / "launcher")
@@ -260,7 +264,7 @@ async def run(seconds: float, with_wasm: bool) -> list[Result]:
         for config in configs:
             async with config as target:
                 print(f"measuring {target.name}", file=sys.stderr)
-                results.append(await measure(target, seconds))
+                results.append(await measure(target, seconds, quick))
     return results
 
 
@@ -268,9 +272,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--seconds", type=float, default=5.0, help="measuring time per throughput row")
     parser.add_argument("--no-wasm", action="store_true", help="skip configuration 3")
+    parser.add_argument(
+        "--quick", action="store_true", help="32 B throughput rows only, no files (for A/B runs)"
+    )
     args = parser.parse_args()
     started = time.time()
-    results = asyncio.run(run(args.seconds, not args.no_wasm))
+    results = asyncio.run(run(args.seconds, not args.no_wasm, args.quick))
+    if args.quick:
+        for r in results:
+            rows = ", ".join(
+                f"{k}: {v['rate']:,.0f}/s p50 {v['p50_ms']:.2f} ms" for k, v in r.throughput.items()
+            )
+            print(f"{r.name}: {rows}")
+        return
     out = ROOT / "results" / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     machine = f"{platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}"

@@ -6,15 +6,15 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
-import nats
 import pytest
-from nats.aio.client import Client as NatsClient
 
 from provider.host.lattice import LocalLattice
 from provider.host.launcher import LAUNCHER_NAME, write_launcher
 from provider.host.nats_server import NatsServer
+from provider.wrpc.connection import NatsConnection
+from provider.wrpc.connection import connect as connect_nats
 
-Connect = Callable[..., Awaitable[NatsClient]]
+Connect = Callable[..., Awaitable[NatsConnection]]
 
 
 @pytest.fixture(scope="session")
@@ -34,10 +34,10 @@ def small_nats_server() -> Iterator[NatsServer]:
 @pytest.fixture
 async def connect() -> AsyncIterator[Connect]:
     """Open NATS connections that are closed when the test ends."""
-    opened: list[NatsClient] = []
+    opened: list[NatsConnection] = []
 
-    async def _connect(server: NatsServer, **options: object) -> NatsClient:
-        nc = await nats.connect(server.url, connect_timeout=5, max_reconnect_attempts=0, **options)
+    async def _connect(server: NatsServer, **options: object) -> NatsConnection:
+        nc = await connect_nats(server.url, connect_timeout=5, max_reconnect_attempts=0, **options)
         opened.append(nc)
         return nc
 

@@ -11,13 +11,12 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-import nats
-from nats.aio.client import Client as NatsClient
-
 from provider.host.control import HostControl, ProviderIdentity
 from provider.host.launcher import ProviderProcess
 from provider.host.native import NativeComponent, OnMessage
 from provider.wasmcloud.links import LinkDefinition
+from provider.wrpc.connection import NatsConnection
+from provider.wrpc.connection import connect as connect_nats
 from provider.wrpc.nats import WrpcTransport
 
 SHUTDOWN_WAIT = 0.3
@@ -70,7 +69,7 @@ class LocalLattice:
             "log_level": log_level,
             "structured_logging": structured_logging,
         }
-        self._connections: list[NatsClient] = []
+        self._connections: list[NatsConnection] = []
         self._components: list[NativeComponent] = []
         self.host: HostControl | None = None
         self.transport: WrpcTransport | None = None
@@ -79,8 +78,8 @@ class LocalLattice:
     def provider_id(self) -> str:
         return self.provider.provider_id
 
-    async def connect(self) -> NatsClient:
-        nc = await nats.connect(self.nats_url, connect_timeout=5)
+    async def connect(self) -> NatsConnection:
+        nc = await connect_nats(self.nats_url, connect_timeout=5)
         self._connections.append(nc)
         return nc
 

@@ -20,8 +20,6 @@ from collections import UserString
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import nats
-from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from provider.errors import ConfigError, ProviderError
@@ -39,6 +37,8 @@ from provider.wasmcloud.links import (
 from provider.wasmcloud.subjects import ControlSubjects
 from provider.wasmcloud.xkeys import XKey
 from provider.wrpc.codec import Err
+from provider.wrpc.connection import NatsConnection
+from provider.wrpc.connection import connect as connect_nats
 from provider.wrpc.messaging import (
     HANDLE_MESSAGE,
     PUBLISH,
@@ -79,7 +79,7 @@ def nats_credentials(jwt: str, seed: str) -> UserString:
     )
 
 
-async def connect_lattice(host_data: HostData, timeout: float = CONNECT_TIMEOUT) -> NatsClient:
+async def connect_lattice(host_data: HostData, timeout: float = CONNECT_TIMEOUT) -> NatsConnection:
     """Connect to the lattice's RPC NATS (JWT + seed auth when HostData carries them).
 
     The first connection is retried for up to ``timeout`` while the server is unreachable,
@@ -108,7 +108,7 @@ async def connect_lattice(host_data: HostData, timeout: float = CONNECT_TIMEOUT)
     deadline = loop.time() + timeout
     while True:
         try:
-            nc = await nats.connect(
+            nc = await connect_nats(
                 url,
                 name=f"wasmcloud-ws-provider {host_data.provider_key}",
                 connect_timeout=max(0.1, min(2.0, deadline - loop.time())),
@@ -160,7 +160,7 @@ class ProviderRuntime:
         self._stopping = False
         self._torn_down = False
         self._stopped = asyncio.Event()
-        self._nc: NatsClient | None = None
+        self._nc: NatsConnection | None = None
         self._wrpc: WrpcTransport | None = None
         self._served: list[Served[Any, Any]] = []
         self._control_task: asyncio.Task[None] | None = None
@@ -192,7 +192,7 @@ class ProviderRuntime:
 
     # -- life cycle ---------------------------------------------------------------------------
 
-    async def run(self, nc: NatsClient | None = None) -> None:
+    async def run(self, nc: NatsConnection | None = None) -> None:
         """Run until a shutdown request for this host (or :meth:`stop`). Closes ``nc`` at the end."""
         self._nc = nc if nc is not None else await connect_lattice(self._host)
         try:
@@ -382,7 +382,7 @@ class ProviderRuntime:
         except Exception:
             log.exception("the capability failed to shut down cleanly")
 
-    def _nc_or_raise(self) -> NatsClient:
+    def _nc_or_raise(self) -> NatsConnection:
         if self._nc is None:
             raise ProviderError("the runtime is not connected")
         return self._nc

@@ -1,7 +1,7 @@
 """wRPC 0.0.1 over NATS: invoke functions and serve them (protocol spec §3). I/O.
 
-One :class:`WrpcTransport` per NATS connection. It answers every reply subject it
-needs through an :class:`Inbox`:
+One :class:`WrpcTransport` per NATS connection (a :class:`~provider.wrpc.connection.NatsConnection`).
+It answers every reply subject it needs through an :class:`Inbox`:
 
 * :class:`SharedInbox` (the default) holds one wildcard subscription ``_INBOX.<id>.>``
   and routes each message in-process by its token, so a call costs no SUB/UNSUB
@@ -10,14 +10,17 @@ needs through an :class:`Inbox`:
   call, as the spec's sequence diagram draws it. It exists to be measured against
   (``make bench-wrpc``) and as a fallback for accounts that forbid wildcard inboxes.
 
-Nothing here flushes per call: nats-py's flusher coalesces writes on its own, and a
-PING round trip per call would halve throughput. Only :func:`ensure_active` flushes,
-once, when a subscription must be live before others are told it exists.
+Messages are handled where the connection parses them (direct subscriptions) and
+published synchronously into its write buffer: nothing here awaits a publish, and
+nothing flushes per call — nats-py's flusher writes everything published in one turn
+of the event loop at once. Only :func:`ensure_active` flushes, once, when a
+subscription must be live before others are told it exists.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 import secrets
@@ -25,8 +28,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
-from nats.aio.client import Client as NatsClient
-from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from provider.errors import (
@@ -39,12 +40,13 @@ from provider.errors import (
     WrpcError,
 )
 from provider.wrpc.codec import Codec, StreamDecoder, encode
+from provider.wrpc.connection import NatsConnection, check_subject
 from provider.wrpc.messaging import Function
+from provider.wrpc.protocol import header_block, parse_headers, status_of
 from provider.wrpc.subjects import (
     PARAMS,
     RESULTS,
     chunks,
-    first_chunk_size,
     invocation_subject,
     params_subject,
     results_subject,
@@ -54,7 +56,6 @@ log = logging.getLogger(__name__)
 
 P = TypeVar("P")
 R = TypeVar("R")
-T = TypeVar("T")
 
 DEFAULT_TIMEOUT = 10.0
 """Seconds an invocation may take end to end, and a served call may wait for its params."""
@@ -62,11 +63,11 @@ DEFAULT_TIMEOUT = 10.0
 Headers = Mapping[str, str]
 Handler = Callable[[P, Headers], Awaitable[R]]
 
-_STATUS = "Status"
-_DESCRIPTION = "Description"
+_PARAMS = PARAMS.encode()
+_RESULTS = RESULTS.encode()
 
 
-async def ensure_active(nc: NatsClient) -> None:
+async def ensure_active(nc: NatsConnection) -> None:
     """Return once every SUB issued so far on ``nc`` is active on the server.
 
     nats-py writes a flush's PING straight to the socket, possibly ahead of SUB
@@ -84,9 +85,9 @@ async def ensure_active(nc: NatsClient) -> None:
 class Route(Protocol):
     """The receiving end of one reply inbox (a call's ``Rc`` or a served call's ``Rs``)."""
 
-    def on_message(self, channel: str, msg: Msg) -> None:
-        """Take a message that arrived on the inbox itself (``channel == ""``) or on a
-        sub-channel (``"results"``, ``"params"``). Must not block."""
+    def on_message(self, channel: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        """Take a message that arrived on the inbox itself (``channel == b""``) or on a
+        sub-channel (``b"results"``, ``b"params"``). Must not block."""
 
     def fail(self, exc: Exception) -> None:
         """The inbox is going away before the route finished: fail whatever waits."""
@@ -119,28 +120,27 @@ def _new_prefix() -> str:
 class SharedInbox:
     """One wildcard subscription, routed in-process by the token after the prefix."""
 
-    def __init__(self, nc: NatsClient) -> None:
+    def __init__(self, nc: NatsConnection) -> None:
         self._nc = nc
         self._prefix = _new_prefix()
+        self._cut = len(self._prefix)
         self._unrouted = _new_prefix()
-        self._routes: dict[str, Route] = {}
+        self._routes: dict[bytes, Route] = {}
         self._ids = itertools.count(1)
         self._sub: Subscription | None = None
 
     async def start(self) -> None:
-        self._sub = await self._nc.subscribe(
-            self._prefix + ">", cb=self._on_message, pending_msgs_limit=-1, pending_bytes_limit=-1
-        )
+        self._sub = await self._nc.subscribe_direct(self._prefix + ">", self._on_message)
 
-    async def _on_message(self, msg: Msg) -> None:
-        token, _, channel = msg.subject[len(self._prefix) :].partition(".")
+    def _on_message(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        token, _, channel = subject[self._cut :].partition(b".")
         route = self._routes.get(token)
         if route is not None:
-            route.on_message(channel, msg)
+            route.on_message(channel, reply, data, headers)
 
     async def open(self, route: Route) -> str:
         token = str(next(self._ids))
-        self._routes[token] = route
+        self._routes[token.encode()] = route
         return self._prefix + token
 
     def reserve(self) -> str:
@@ -149,14 +149,14 @@ class SharedInbox:
         return self._unrouted + str(next(self._ids))
 
     async def close(self, subject: str) -> None:
-        self._routes.pop(subject[len(self._prefix) :], None)
+        self._routes.pop(subject[self._cut :].encode(), None)
 
     async def stop(self) -> None:
         routes, self._routes = self._routes, {}
         for route in routes.values():
             route.fail(TransportClosed("the wRPC transport closed"))
-        if self._sub is not None and not self._nc.is_closed:
-            await self._sub.unsubscribe()
+        if self._sub is not None:
+            await self._nc.unsubscribe_direct(self._sub)
         self._sub = None
 
 
@@ -167,7 +167,7 @@ class PerCallInbox:
     own publish reaches the server: no flush is needed before publishing.
     """
 
-    def __init__(self, nc: NatsClient) -> None:
+    def __init__(self, nc: NatsConnection) -> None:
         self._nc = nc
         self._prefix = _new_prefix()
         self._ids = itertools.count(1)
@@ -180,12 +180,12 @@ class PerCallInbox:
         subject = self._prefix + str(next(self._ids))
         cut = len(subject) + 1
 
-        async def on_message(msg: Msg) -> None:
-            route.on_message(msg.subject[cut:], msg)
+        def on_message(got: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+            route.on_message(got[cut:], reply, data, headers)
 
         subs = [
-            await self._nc.subscribe(subject, cb=on_message),
-            await self._nc.subscribe(subject + ".*", cb=on_message),
+            await self._nc.subscribe_direct(subject, on_message),
+            await self._nc.subscribe_direct(subject + ".*", on_message),
         ]
         self._open[subject] = (route, subs)
         return subject
@@ -195,9 +195,9 @@ class PerCallInbox:
 
     async def close(self, subject: str) -> None:
         entry = self._open.pop(subject, None)
-        if entry is not None and not self._nc.is_closed:
+        if entry is not None:
             for sub in entry[1]:
-                await sub.unsubscribe()
+                await self._nc.unsubscribe_direct(sub)
 
     async def stop(self) -> None:
         for subject, (route, _) in list(self._open.items()):
@@ -208,21 +208,14 @@ class PerCallInbox:
 # --- calls ------------------------------------------------------------------------------------
 
 
-def _status_error(subject: str, msg: Msg) -> WrpcError | None:
+def _status_error(subject: str, headers: bytes | None) -> WrpcError | None:
     """The error a NATS status message on ``Rc`` stands for, or ``None`` if it is not one."""
-    status = msg.headers.get(_STATUS) if msg.headers else None
+    status, description = status_of(headers)
     if status is None or status.startswith("2"):
         return None
     if status == "503":
         return NoResponders(subject)
-    description = msg.headers.get(_DESCRIPTION, "") if msg.headers else ""
     return ProtocolViolation(f"NATS answered {subject!r} with status {status} {description}".rstrip())
-
-
-def _as_dict(headers: Headers | None) -> dict[str, str] | None:
-    if not headers:
-        return None
-    return headers if isinstance(headers, dict) else dict(headers)
 
 
 def _settle(future: asyncio.Future[Any], *, value: Any = None, exc: BaseException | None = None) -> None:
@@ -246,24 +239,24 @@ class _Call(Generic[R]):
         self.results: asyncio.Future[R] = loop.create_future()
         self._decoder = StreamDecoder(results)
 
-    def on_message(self, channel: str, msg: Msg) -> None:
-        if channel == "":
-            self._on_handshake(msg)
-        elif channel == RESULTS and not self.results.done():
-            self._on_results(msg.data)
+    def on_message(self, channel: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        if not channel:
+            self._on_handshake(reply, headers)
+        elif channel == _RESULTS and not self.results.done():
+            self._on_results(data)
 
-    def _on_handshake(self, msg: Msg) -> None:
+    def _on_handshake(self, reply: bytes, headers: bytes | None) -> None:
         # Only the first message on Rc is the handshake (spec §3.2); later ones are ignored.
         if self.handshake.done():
             return
-        error = _status_error(self.subject, msg)
-        if error is None and not msg.reply:
+        error = _status_error(self.subject, headers)
+        if error is None and not reply:
             error = ProtocolViolation(f"{self.subject!r}: the handshake did not specify a reply subject")
         if error is not None:
             _settle(self.handshake, exc=error)
             _settle(self.results, exc=error)
         else:
-            _settle(self.handshake, value=msg.reply)
+            _settle(self.handshake, value=reply.decode())
 
     def _on_results(self, data: bytes) -> None:
         # Results may arrive before the handshake was processed (spec §3.2): decode regardless.
@@ -305,10 +298,10 @@ class _ServedParams(Generic[P]):
         if data and not self.future.done() and self._decoder.feed(data):
             self.future.set_result(self._decoder.value)
 
-    def on_message(self, channel: str, msg: Msg) -> None:
-        if channel != PARAMS:
+    def on_message(self, channel: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        if channel != _PARAMS:
             return
-        if not msg.data:  # end of stream: only fine once the value is complete
+        if not data:  # end of stream: only fine once the value is complete
             _settle(
                 self.future,
                 exc=ProtocolViolation(
@@ -318,7 +311,7 @@ class _ServedParams(Generic[P]):
             )
             return
         try:
-            self.feed(msg.data)
+            self.feed(data)
         except CodecError as exc:
             _settle(self.future, exc=exc)
 
@@ -334,6 +327,7 @@ class ServeStats:
     handler_failures: int = 0
     bad_params: int = 0
     in_flight: int = 0
+    waiting: int = 0
 
 
 @dataclass
@@ -342,17 +336,19 @@ class Served(Generic[P, R]):
 
     subject: str
     stats: ServeStats
-    _sub: Subscription
+    _nc: NatsConnection
+    _sub: Subscription | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
-    _closed: bool = False
+    closed: bool = False
 
     async def close(self) -> None:
         """Unsubscribe, then cancel and await every call still running. Idempotent."""
-        if self._closed:
+        if self.closed:
             return
-        self._closed = True
+        self.closed = True
         try:
-            await self._sub.unsubscribe()
+            if self._sub is not None:
+                await self._nc.unsubscribe_direct(self._sub)
         except Exception as exc:  # the connection may already be gone
             log.debug("unsubscribe %s failed: %s", self.subject, exc)
         for task in list(self._tasks):
@@ -366,14 +362,15 @@ class Served(Generic[P, R]):
 class WrpcTransport:
     """Invokes and serves wRPC functions over one NATS connection."""
 
-    def __init__(self, nc: NatsClient, *, inbox: Inbox | None = None) -> None:
+    def __init__(self, nc: NatsConnection, *, inbox: Inbox | None = None) -> None:
         self._nc = nc
         self._inbox = inbox if inbox is not None else SharedInbox(nc)
         self._served: list[Served[Any, Any]] = []
         self._started = False
+        self._subjects: dict[tuple[str, str, str], str] = {}
 
     @property
-    def nats(self) -> NatsClient:
+    def nats(self) -> NatsConnection:
         """The NATS connection underneath."""
         return self._nc
 
@@ -391,6 +388,16 @@ class WrpcTransport:
             await one.close()
         await self._inbox.stop()
 
+    def _subject(self, target_prefix: str, func: Function[Any, Any]) -> str:
+        """The invocation subject, checked once: ids come from the host and end up on the wire."""
+        key = (target_prefix, func.instance, func.name)
+        subject = self._subjects.get(key)
+        if subject is None:
+            subject = check_subject(invocation_subject(target_prefix, func.instance, func.name))
+            if len(self._subjects) < 10_000:
+                self._subjects[key] = subject
+        return subject
+
     # -- client ----------------------------------------------------------------------------
 
     async def invoke(
@@ -406,22 +413,26 @@ class WrpcTransport:
 
         Raises :class:`NoResponders`, :class:`InvocationTimeout` (``timeout`` covers the
         whole call), :class:`IncompleteResults` (the callee trapped) or
-        :class:`ProtocolViolation`.
+        :class:`ProtocolViolation`; ``ValueError`` for a target id or header that cannot
+        go on the wire.
         """
-        subject = invocation_subject(target_prefix, func.instance, func.name)
+        subject = self._subject(target_prefix, func)
         payload = encode(func.params, params)
+        block = header_block(headers) if headers else b""
         call = _Call(subject, func.results)
         rc = await self._inbox.open(call)
         nc = self._nc
         try:
             async with asyncio.timeout(timeout):
-                first = first_chunk_size(nc.max_payload, rc, headers)
-                await nc.publish(subject, payload[:first], reply=rc, headers=_as_dict(headers))
+                # What fits in the invocation message itself: max_payload less the header
+                # block and, as the reference client does, the reply subject (spec §3.2).
+                first = max(0, nc.max_payload - len(rc) - len(block))
+                nc.publish_now(subject, payload[:first], rc, block)
                 rs = await call.handshake
                 tail = params_subject(rs)
                 for chunk in chunks(payload[first:], nc.max_payload):
-                    await nc.publish(tail, bytes(chunk))
-                await nc.publish(tail, b"")
+                    nc.publish_now(tail, bytes(chunk))
+                nc.publish_now(tail, b"")
                 return await call.results
         except TimeoutError:
             waiting_for = "the results" if call.handshake.done() else "the handshake"
@@ -446,42 +457,47 @@ class WrpcTransport:
 
         Subscribes with ``queue_group`` (default: ``target_prefix``, as wasmCloud does)
         and returns once the subscription is active. At most ``max_in_flight`` calls run
-        at once; beyond that, invocations wait in the subscription's queue. A handler
-        that raises is logged and its caller gets an empty result stream (a trap, spec
-        §3.4); WIT-level errors must be returned as ``Err`` values instead.
+        at once; beyond that, invocations wait in order and start as calls finish. A
+        handler that raises is logged and its caller gets an empty result stream (a trap,
+        spec §3.4); WIT-level errors must be returned as ``Err`` values instead.
         """
-        subject = invocation_subject(target_prefix, func.instance, func.name)
+        subject = self._subject(target_prefix, func)
         stats = ServeStats()
-        slots = asyncio.Semaphore(max_in_flight)
-        tasks: set[asyncio.Task[None]] = set()
+        served: Served[P, R] = Served(subject, stats, self._nc)
+        tasks = served._tasks
+        waiting: collections.deque[tuple[bytes, bytes, bytes | None]] = collections.deque()
+
+        def start(reply: bytes, data: bytes, headers: bytes | None) -> None:
+            stats.in_flight += 1
+            task = asyncio.create_task(
+                self._handle(subject, func, handler, reply.decode(), data, headers, stats, params_timeout)
+            )
+            tasks.add(task)
+            task.add_done_callback(done)
 
         def done(task: asyncio.Task[None]) -> None:
             tasks.discard(task)
             stats.in_flight -= 1
-            slots.release()
             if not task.cancelled() and task.exception() is not None:
                 log.error("%s: serving a call failed: %s", subject, task.exception())
+            if waiting and not served.closed:
+                stats.waiting -= 1
+                start(*waiting.popleft())
 
-        async def on_invocation(msg: Msg) -> None:
-            if not msg.reply:
+        def on_invocation(got: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+            if not reply:
                 log.warning("dropped an invocation of %s without a reply subject", subject)
                 stats.bad_params += 1
-                return
-            await slots.acquire()
-            stats.in_flight += 1
-            task = asyncio.create_task(self._handle(subject, func, handler, msg, stats, params_timeout))
-            tasks.add(task)
-            task.add_done_callback(done)
+            elif stats.in_flight < max_in_flight:
+                start(reply, data, headers)
+            else:
+                stats.waiting += 1
+                waiting.append((reply, data, headers))
 
-        sub = await self._nc.subscribe(
-            subject,
-            queue=queue_group if queue_group is not None else target_prefix,
-            cb=on_invocation,
-            pending_msgs_limit=-1,
-            pending_bytes_limit=-1,
+        served._sub = await self._nc.subscribe_direct(
+            subject, on_invocation, queue=queue_group if queue_group is not None else target_prefix
         )
         await ensure_active(self._nc)
-        served: Served[P, R] = Served(subject, stats, sub, tasks)
         self._served.append(served)
         return served
 
@@ -490,23 +506,25 @@ class WrpcTransport:
         subject: str,
         func: Function[P, R],
         handler: Handler[P, R],
-        msg: Msg,
+        reply: str,
+        data: bytes,
+        headers: bytes | None,
         stats: ServeStats,
         params_timeout: float,
     ) -> None:
         nc = self._nc
         state = _ServedParams(subject, func.params)
         try:
-            state.feed(msg.data)  # before the handshake: the rest can only follow it
+            state.feed(data)  # before the handshake: the rest can only follow it
         except CodecError as exc:
             state.fail(exc)
         # Params complete in the first message (the common case) need no route: the
         # caller's EOF on Rs.params then lands on a subject nobody reads, and is dropped.
         routed = not state.future.done()
         rs = await self._inbox.open(state) if routed else self._inbox.reserve()
-        results = results_subject(msg.reply)
+        results = results_subject(reply)
         try:
-            await nc.publish(msg.reply, b"", reply=rs)  # the handshake, always sent (spec §3.2)
+            nc.publish_now(reply, b"", rs)  # the handshake, always sent (spec §3.2)
             try:
                 if routed:
                     async with asyncio.timeout(params_timeout):
@@ -527,15 +545,15 @@ class WrpcTransport:
                 if routed:
                     await self._inbox.close(rs)
             try:
-                payload = encode(func.results, await handler(params, msg.headers or {}))
+                payload = encode(func.results, await handler(params, parse_headers(headers)))
             except Exception:
                 stats.handler_failures += 1
                 log.exception("%s: the handler failed; the caller gets no results (a trap)", subject)
                 return
             for chunk in chunks(payload, nc.max_payload):
-                await nc.publish(results, bytes(chunk))
+                nc.publish_now(results, bytes(chunk))
             stats.served += 1
         finally:
             state.fail(TransportClosed("call ended"))
             if not nc.is_closed:
-                await nc.publish(results, b"")  # end of stream, after the results or alone (a trap)
+                nc.publish_now(results, b"")  # end of stream, after the results or alone (a trap)

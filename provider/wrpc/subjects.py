@@ -6,15 +6,11 @@ results on ``Rc.results``), ``Rs`` the callee's (params on ``Rs.params``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 
 PROTOCOL = "wrpc.0.0.1"
 PARAMS = "params"
 RESULTS = "results"
-
-# NATS header block framing: "NATS/1.0\r\n" + "key: value\r\n"... + "\r\n" (spec §3.2).
-_HEADER_LINE = len(b"NATS/1.0\r\n")
-_HEADER_END = len(b"\r\n")
 
 
 def prefix(lattice: str, target_id: str) -> str:
@@ -39,25 +35,6 @@ def params_subject(rs: str) -> str:
 def results_subject(rc: str) -> str:
     """Where the callee streams its results: ``Rc.results``."""
     return f"{rc}.{RESULTS}"
-
-
-def header_bytes(headers: Mapping[str, str] | None) -> int:
-    """Bytes a NATS header block with ``headers`` takes on the wire (0 without headers)."""
-    if not headers:
-        return 0
-    size = _HEADER_LINE + _HEADER_END
-    for key, value in headers.items():
-        size += len(key.encode()) + 2 + len(value.encode()) + 2
-    return size
-
-
-def first_chunk_size(max_payload: int, reply: str, headers: Mapping[str, str] | None) -> int:
-    """How many param bytes fit in the invocation message itself.
-
-    As the reference client does, the reply subject's length is subtracted too, which
-    keeps the message under ``max_payload`` with room to spare.
-    """
-    return max(0, max_payload - len(reply) - header_bytes(headers))
 
 
 def chunks(data: bytes | memoryview, size: int) -> Iterator[bytes | memoryview]:

@@ -30,7 +30,8 @@ from provider.wrpc.messaging import (
     UnitResult,
 )
 from provider.wrpc.nats import Headers, Inbox, PerCallInbox, SharedInbox, WrpcTransport
-from provider.wrpc.subjects import header_bytes, invocation_subject
+from provider.wrpc.protocol import header_block
+from provider.wrpc.subjects import invocation_subject
 from tests.conftest import Connect
 
 PREFIX = "default.pymsg"
@@ -173,7 +174,7 @@ async def test_chunked_both_directions_under_max_payload_4096(
 
     async def measure(msg: Msg) -> None:
         nonlocal largest
-        raw_headers = header_bytes(msg.headers) if msg.headers else 0
+        raw_headers = len(header_block(msg.headers)) if msg.headers else 0
         largest = max(largest, len(msg.data) + raw_headers)
 
     await spy.subscribe(">", cb=measure)
@@ -209,7 +210,7 @@ async def test_first_chunk_fills_the_invocation_message(
     assert await caller.invoke(PREFIX, PUBLISH, message, headers=headers) == Ok(None)
     await spy.flush()
     [invocation] = first
-    assert len(invocation.data) == 4096 - len(invocation.reply) - header_bytes(headers)
+    assert len(invocation.data) == 4096 - len(invocation.reply) - len(header_block(headers))
     assert encode(BROKER_MESSAGE, message).startswith(invocation.data)
 
 
