@@ -33,13 +33,14 @@ from nats.aio.subscription import Subscription
 from provider.errors import (
     CodecError,
     IncompleteResults,
+    IncompleteValue,
     InvocationTimeout,
     NoResponders,
     ProtocolViolation,
     TransportClosed,
     WrpcError,
 )
-from provider.wrpc.codec import Codec, StreamDecoder, encode
+from provider.wrpc.codec import Codec, StreamDecoder, decode, encode
 from provider.wrpc.connection import NatsConnection, check_subject
 from provider.wrpc.messaging import Function
 from provider.wrpc.protocol import header_block, parse_headers, status_of
@@ -228,16 +229,24 @@ def _settle(future: asyncio.Future[Any], *, value: Any = None, exc: BaseExceptio
 
 
 class _Call(Generic[R]):
-    """Client side of one invocation: waits for the handshake and decodes the results."""
+    """Client side of one invocation.
 
-    __slots__ = ("_decoder", "handshake", "results", "subject")
+    The handshake is answered where it arrives: the rest of the params and their end of
+    stream go out from this callback, so the caller waits once, for the results, which may
+    come before the handshake was seen (spec §3.2).
+    """
 
-    def __init__(self, subject: str, results: Codec[R]) -> None:
-        loop = asyncio.get_running_loop()
+    __slots__ = ("_codec", "_decoder", "_nc", "handshaken", "results", "subject", "tail")
+
+    def __init__(self, nc: NatsConnection, subject: str, results: Codec[R]) -> None:
+        self._nc = nc
         self.subject = subject
-        self.handshake: asyncio.Future[str] = loop.create_future()
-        self.results: asyncio.Future[R] = loop.create_future()
-        self._decoder = StreamDecoder(results)
+        self._codec = results
+        self._decoder: StreamDecoder[R] | None = None
+        self.tail = b""
+        """Param bytes that did not fit in the invocation message: sent once the handshake names ``Rs``."""
+        self.handshaken = False
+        self.results: asyncio.Future[R] = asyncio.get_running_loop().create_future()
 
     def on_message(self, channel: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
         if not channel:
@@ -247,59 +256,73 @@ class _Call(Generic[R]):
 
     def _on_handshake(self, reply: bytes, headers: bytes | None) -> None:
         # Only the first message on Rc is the handshake (spec §3.2); later ones are ignored.
-        if self.handshake.done():
+        if self.handshaken:
             return
+        self.handshaken = True
         error = _status_error(self.subject, headers)
         if error is None and not reply:
             error = ProtocolViolation(f"{self.subject!r}: the handshake did not specify a reply subject")
         if error is not None:
-            _settle(self.handshake, exc=error)
             _settle(self.results, exc=error)
-        else:
-            _settle(self.handshake, value=reply.decode())
+            return
+        tail, self.tail = self.tail, b""
+        subject = params_subject(reply.decode())
+        nc = self._nc
+        try:
+            for chunk in chunks(tail, nc.max_payload):
+                nc.publish_now(subject, bytes(chunk))
+            nc.publish_now(subject, b"")
+        except TransportClosed as exc:
+            _settle(self.results, exc=exc)
 
     def _on_results(self, data: bytes) -> None:
-        # Results may arrive before the handshake was processed (spec §3.2): decode regardless.
+        received = self._decoder.received if self._decoder is not None else 0
         if not data:
-            _settle(self.results, exc=IncompleteResults(self.subject, self._decoder.received))
+            _settle(self.results, exc=IncompleteResults(self.subject, received))
             return
         try:
+            if self._decoder is None:
+                # The usual case: the whole value in one message, no stream decoder needed.
+                try:
+                    _settle(self.results, value=decode(self._codec, data))
+                    return
+                except IncompleteValue:
+                    self._decoder = StreamDecoder(self._codec)
             if self._decoder.feed(data):
                 _settle(self.results, value=self._decoder.value)
         except CodecError as exc:
             _settle(self.results, exc=ProtocolViolation(f"{self.subject!r} sent invalid results: {exc}"))
 
+    def expire(self, timeout: float) -> None:
+        waiting_for = "the results" if self.handshaken else "the handshake"
+        _settle(self.results, exc=InvocationTimeout(self.subject, waiting_for, timeout))
+
     def fail(self, exc: Exception) -> None:
-        _settle(self.handshake, exc=exc)
         _settle(self.results, exc=exc)
 
     def forget(self) -> None:
-        """Mark both futures handled so an unread failure is not reported as lost."""
-        for future in (self.handshake, self.results):
-            if future.done():
-                if not future.cancelled():
-                    future.exception()
-            else:
-                future.cancel()
+        """Mark the future handled so an unread failure is not reported as lost."""
+        if self.results.done():
+            if not self.results.cancelled():
+                self.results.exception()
+        else:
+            self.results.cancel()
 
 
 class _ServedParams(Generic[P]):
-    """Server side of one invocation: the params, from the first message and ``Rs.params``."""
+    """Server side of an invocation whose params did not fit in its first message: the rest
+    arrives on ``Rs.params``."""
 
     __slots__ = ("_decoder", "future", "subject")
 
-    def __init__(self, subject: str, params: Codec[P]) -> None:
+    def __init__(self, subject: str, params: Codec[P], first: bytes) -> None:
         self.subject = subject
         self.future: asyncio.Future[P] = asyncio.get_running_loop().create_future()
         self._decoder = StreamDecoder(params)
-
-    def feed(self, data: bytes) -> None:
-        """Add param bytes. Raises :class:`CodecError` for bytes that can never decode."""
-        if data and not self.future.done() and self._decoder.feed(data):
-            self.future.set_result(self._decoder.value)
+        self._decoder.feed(first)
 
     def on_message(self, channel: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
-        if channel != _PARAMS:
+        if channel != _PARAMS or self.future.done():
             return
         if not data:  # end of stream: only fine once the value is complete
             _settle(
@@ -311,7 +334,8 @@ class _ServedParams(Generic[P]):
             )
             return
         try:
-            self.feed(data)
+            if self._decoder.feed(data):
+                self.future.set_result(self._decoder.value)
         except CodecError as exc:
             _settle(self.future, exc=exc)
 
@@ -419,25 +443,21 @@ class WrpcTransport:
         subject = self._subject(target_prefix, func)
         payload = encode(func.params, params)
         block = header_block(headers) if headers else b""
-        call = _Call(subject, func.results)
-        rc = await self._inbox.open(call)
         nc = self._nc
+        call: _Call[R] = _Call(nc, subject, func.results)
+        rc = await self._inbox.open(call)
+        # What fits in the invocation message itself: max_payload less the header block
+        # and, as the reference client does, the reply subject (spec §3.2).
+        first = max(0, nc.max_payload - len(rc) - len(block))
+        if len(payload) > first:
+            call.tail = payload[first:]
+            payload = payload[:first]
+        timer = asyncio.get_running_loop().call_later(timeout, call.expire, timeout)
         try:
-            async with asyncio.timeout(timeout):
-                # What fits in the invocation message itself: max_payload less the header
-                # block and, as the reference client does, the reply subject (spec §3.2).
-                first = max(0, nc.max_payload - len(rc) - len(block))
-                nc.publish_now(subject, payload[:first], rc, block)
-                rs = await call.handshake
-                tail = params_subject(rs)
-                for chunk in chunks(payload[first:], nc.max_payload):
-                    nc.publish_now(tail, bytes(chunk))
-                nc.publish_now(tail, b"")
-                return await call.results
-        except TimeoutError:
-            waiting_for = "the results" if call.handshake.done() else "the handshake"
-            raise InvocationTimeout(subject, waiting_for, timeout) from None
+            nc.publish_now(subject, payload, rc, block)
+            return await call.results
         finally:
+            timer.cancel()
             call.forget()
             await self._inbox.close(rc)
 
@@ -513,36 +533,40 @@ class WrpcTransport:
         params_timeout: float,
     ) -> None:
         nc = self._nc
-        state = _ServedParams(subject, func.params)
+        state: _ServedParams[P] | None = None
+        bad: CodecError | None = None
         try:
-            state.feed(data)  # before the handshake: the rest can only follow it
+            params = decode(func.params, data)  # the usual case: all params in the first message
+        except IncompleteValue:
+            state = _ServedParams(subject, func.params, data)
         except CodecError as exc:
-            state.fail(exc)
-        # Params complete in the first message (the common case) need no route: the
-        # caller's EOF on Rs.params then lands on a subject nobody reads, and is dropped.
-        routed = not state.future.done()
-        rs = await self._inbox.open(state) if routed else self._inbox.reserve()
+            bad = exc
+        # Complete params need no route: the caller's EOF on Rs.params then lands on a
+        # subject nobody reads, and is dropped by the NATS server.
+        rs = await self._inbox.open(state) if state is not None else self._inbox.reserve()
         results = results_subject(reply)
         try:
             nc.publish_now(reply, b"", rs)  # the handshake, always sent (spec §3.2)
-            try:
-                if routed:
+            if bad is not None:
+                stats.bad_params += 1
+                log.warning("%s: invalid params, answered with no results: %s", subject, bad)
+                return
+            if state is not None:
+                try:
                     async with asyncio.timeout(params_timeout):
                         params = await state.future
-                else:
-                    params = state.future.result()
-            except TimeoutError:
-                stats.bad_params += 1
-                log.warning(
-                    "%s: no complete params within %.1fs; answered with no results", subject, params_timeout
-                )
-                return
-            except (CodecError, ProtocolViolation) as exc:
-                stats.bad_params += 1
-                log.warning("%s: invalid params, answered with no results: %s", subject, exc)
-                return
-            finally:
-                if routed:
+                except TimeoutError:
+                    stats.bad_params += 1
+                    log.warning(
+                        "%s: no complete params in %.1fs; answered with no results", subject, params_timeout
+                    )
+                    return
+                except (CodecError, ProtocolViolation) as exc:
+                    stats.bad_params += 1
+                    log.warning("%s: invalid params, answered with no results: %s", subject, exc)
+                    return
+                finally:
+                    state.fail(TransportClosed("call ended"))
                     await self._inbox.close(rs)
             try:
                 payload = encode(func.results, await handler(params, parse_headers(headers)))
@@ -554,6 +578,5 @@ class WrpcTransport:
                 nc.publish_now(results, bytes(chunk))
             stats.served += 1
         finally:
-            state.fail(TransportClosed("call ended"))
             if not nc.is_closed:
                 nc.publish_now(results, b"")  # end of stream, after the results or alone (a trap)
