@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test unit lint format launcher bench-wrpc clean run components chromium
+.PHONY: setup test unit lint format launcher bench bench-wrpc clean run components chromium
 
 setup: $(STAMP)
 
@@ -41,6 +41,16 @@ launcher: setup
 ## bench-wrpc: wRPC calls/s next to plain nats-py request/reply, measured in one run
 bench-wrpc: setup
 	$(BIN)/python -m bench.wrpc
+
+## bench: the provider against a bare websockets server (throughput, latency, memory, broadcast),
+## table on stdout, chart and raw numbers in bench/results/<time>/
+BENCH_STAMP := $(VENV)/.bench-installed
+bench: setup $(BENCH_STAMP)
+	$(BIN)/python -m bench.ws
+
+$(BENCH_STAMP): pyproject.toml
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	touch $@
 
 ## run: NATS, the provider (server mode on 127.0.0.1:8080) and the chat component from wadm.yaml
 run: setup

@@ -101,7 +101,8 @@ async def provider_wasm(nats: NatsServer, launcher: Path) -> AsyncIterator[objec
                 else:
                     raise RuntimeError("the local host did not start")
             drain = asyncio.create_task(host.stdout.read())  # a full pipe would stall the host
-            yield Target("provider + echo.wasm (local host)", f"ws://127.0.0.1:{port}/ws", provider_pid)
+            url = f"ws://127.0.0.1:{port}/ws"
+            yield Target("provider + echo.wasm (local host)", url, provider_pid, broadcasts=False)
         finally:
             if host.returncode is None:
                 host.send_signal(signal.SIGINT)

@@ -64,6 +64,8 @@ class Target:
     name: str
     url: str
     server_pid: int
+    broadcasts: bool = True
+    """Whether its component answers the broadcast trigger (echo.wasm only echoes)."""
 
 
 @dataclass
@@ -177,8 +179,9 @@ async def measure(target: Target, seconds: float, quick: bool = False) -> Result
     if quick:
         return result
     result.idle_bytes_per_session = await _idle_memory(target)
-    broadcast = await _load("broadcast", target.url, "--connections", str(IDLE_SESSIONS))
-    result.broadcast_ms = broadcast["median_ms"]
+    if target.broadcasts:
+        broadcast = await _load("broadcast", target.url, "--connections", str(IDLE_SESSIONS))
+        result.broadcast_ms = broadcast["median_ms"]
     return result
 
 
@@ -198,7 +201,10 @@ def table(results: list[Result]) -> str:
             cells.append(f"{row['p50_ms']:.2f} / {row['p99_ms']:.2f}")
         memory = r.idle_bytes_per_session
         cells.append(f"{memory / 1024:.1f} KiB ({memory / base.idle_bytes_per_session:.2f})")
-        cells.append(f"{r.broadcast_ms:.1f} ms ({r.broadcast_ms / base.broadcast_ms:.2f})")
+        if r.broadcast_ms:
+            cells.append(f"{r.broadcast_ms:.1f} ms ({r.broadcast_ms / base.broadcast_ms:.2f})")
+        else:
+            cells.append("— (echo.wasm does not broadcast)")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -236,9 +242,11 @@ def chart(results: list[Result], path: Path) -> None:
     for ax, title in ((axes[0], "echo messages/s"), (axes[1], "p50 latency (ms)")):
         ax.set_xticks([k + 0.4 - width / 2 for k in range(len(keys))], keys)
         ax.set_title(title)
+    axes[0].set_yscale("log")
     axes[1].set_yscale("log")
-    names = [r.name.split(" (")[0] for r in results]
-    axes[2].bar(names, [r.idle_bytes_per_session / 1024 for r in results], color="tab:gray")
+    names = [r.name.split(" (")[0].replace(" component", "").replace(" + ", " +\n") for r in results]
+    axes[2].bar(range(len(results)), [r.idle_bytes_per_session / 1024 for r in results], color="tab:gray")
+    axes[2].set_xticks(range(len(results)), names, fontsize=8)
     axes[2].set_title("KiB per idle session")
     axes[0].legend(fontsize=8)
     fig.suptitle(f"provider vs bare websockets · {platform.node()} · {time.strftime('%Y-%m-%d')}")
