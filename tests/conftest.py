@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -10,9 +11,12 @@ import pytest
 
 from provider.host.lattice import LocalLattice
 from provider.host.launcher import LAUNCHER_NAME, write_launcher
+from provider.host.native import NativeComponent
 from provider.host.nats_server import NatsServer
+from provider.wrpc.codec import Ok
 from provider.wrpc.connection import NatsConnection
 from provider.wrpc.connection import connect as connect_nats
+from provider.wrpc.messaging import BrokerMessage, UnitResult
 
 Connect = Callable[..., Awaitable[NatsConnection]]
 
@@ -62,6 +66,26 @@ def free_port() -> int:
 
 
 MakeLattice = Callable[..., Awaitable[LocalLattice]]
+WAIT = 10.0
+
+
+class Inbox:
+    """A component's received messages, awaitable with a deadline."""
+
+    def __init__(self) -> None:
+        self.messages: list[BrokerMessage] = []
+        self._changed = asyncio.Condition()
+
+    async def record(self, component: NativeComponent, msg: BrokerMessage) -> UnitResult:
+        async with self._changed:
+            self.messages.append(msg)
+            self._changed.notify_all()
+        return Ok(None)
+
+    async def wait_for(self, count: int, timeout: float = WAIT) -> list[BrokerMessage]:
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(lambda: len(self.messages) >= count)
+        return self.messages
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ from provider.host.native import NativeComponent, accept, echo
 from provider.wasmcloud.links import LinkDefinition
 from provider.wrpc.codec import Err, Ok
 from provider.wrpc.messaging import BrokerMessage, UnitResult
-from tests.conftest import MakeLattice, free_port
+from tests.conftest import Inbox, MakeLattice, free_port
 
 PROVIDER = "websocket-provider"
 WAIT = 10.0
@@ -40,25 +40,6 @@ OPENSSL = shutil.which("openssl") or "/usr/bin/openssl"
 
 Frame = str | bytes
 OnFrame = Callable[[ServerConnection, Frame], Awaitable[None]]
-
-
-class Inbox:
-    """A component's received messages, awaitable with a deadline."""
-
-    def __init__(self) -> None:
-        self.messages: list[BrokerMessage] = []
-        self._changed = asyncio.Condition()
-
-    async def record(self, component: NativeComponent, msg: BrokerMessage) -> UnitResult:
-        async with self._changed:
-            self.messages.append(msg)
-            self._changed.notify_all()
-        return Ok(None)
-
-    async def wait_for(self, count: int, timeout: float = WAIT) -> list[BrokerMessage]:
-        async with asyncio.timeout(timeout), self._changed:
-            await self._changed.wait_for(lambda: len(self.messages) >= count)
-        return self.messages
 
 
 @dataclass

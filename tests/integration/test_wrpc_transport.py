@@ -273,13 +273,10 @@ async def test_handler_that_raises_gives_incomplete_results_and_serving_goes_on(
     assert "handler exploded" in caplog.text
 
 
-async def test_garbage_params_get_a_handshake_and_an_empty_result_stream(
-    connect: Connect, nats_server: NatsServer, pair: tuple[WrpcTransport, WrpcTransport]
-) -> None:
-    """Invalid params (here a bad option tag) are logged, answered with EOF only, and serving goes on."""
-    caller, callee = pair
-    served = await callee.serve(PREFIX, PUBLISH, accept_publish)
-    raw = await connect(nats_server)
+async def raw_caller(connect: Connect, server: NatsServer) -> tuple[NatsClient, str, asyncio.Queue[Msg]]:
+    """A hand-made wRPC caller: a plain NATS connection, an inbox ``Rc`` and a queue receiving
+    what arrives on ``Rc`` and ``Rc.results``."""
+    raw = await connect(server)
     inbox = raw.new_inbox()
     got: asyncio.Queue[Msg] = asyncio.Queue()
 
@@ -288,6 +285,16 @@ async def test_garbage_params_get_a_handshake_and_an_empty_result_stream(
 
     await raw.subscribe(inbox, cb=collect)
     await raw.subscribe(inbox + ".results", cb=collect)
+    return raw, inbox, got
+
+
+async def test_garbage_params_get_a_handshake_and_an_empty_result_stream(
+    connect: Connect, nats_server: NatsServer, pair: tuple[WrpcTransport, WrpcTransport]
+) -> None:
+    """Invalid params (here a bad option tag) are logged, answered with EOF only, and serving goes on."""
+    caller, callee = pair
+    served = await callee.serve(PREFIX, PUBLISH, accept_publish)
+    raw, inbox, got = await raw_caller(connect, nats_server)
     await raw.publish(PUBLISH_SUBJECT, bytes.fromhex("016100" + "07"), reply=inbox)
     handshake = await asyncio.wait_for(got.get(), WAIT)
     eof = await asyncio.wait_for(got.get(), WAIT)
@@ -304,15 +311,7 @@ async def test_garbage_on_the_params_channel(
     """A truncated first chunk followed by invalid UTF-8 on Rs.params is rejected cleanly."""
     caller, callee = pair
     served = await callee.serve(PREFIX, PUBLISH, accept_publish)
-    raw = await connect(nats_server)
-    inbox = raw.new_inbox()
-    got: asyncio.Queue[Msg] = asyncio.Queue()
-
-    async def collect(msg: Msg) -> None:
-        await got.put(msg)
-
-    await raw.subscribe(inbox, cb=collect)
-    await raw.subscribe(inbox + ".results", cb=collect)
+    raw, inbox, got = await raw_caller(connect, nats_server)
     await raw.publish(PUBLISH_SUBJECT, b"\x02", reply=inbox)  # a 2-byte subject, not yet sent
     handshake = await asyncio.wait_for(got.get(), WAIT)
     await raw.publish(handshake.reply + ".params", b"\xc3\x28")  # invalid UTF-8
@@ -328,15 +327,7 @@ async def test_params_eof_before_a_complete_value(
     """An empty params message before the value is complete is an error, not a hang."""
     _, callee = pair
     served = await callee.serve(PREFIX, PUBLISH, accept_publish)
-    raw = await connect(nats_server)
-    inbox = raw.new_inbox()
-    got: asyncio.Queue[Msg] = asyncio.Queue()
-
-    async def collect(msg: Msg) -> None:
-        await got.put(msg)
-
-    await raw.subscribe(inbox, cb=collect)
-    await raw.subscribe(inbox + ".results", cb=collect)
+    raw, inbox, got = await raw_caller(connect, nats_server)
     await raw.publish(PUBLISH_SUBJECT, b"\x05ab", reply=inbox)
     handshake = await asyncio.wait_for(got.get(), WAIT)
     await raw.publish(handshake.reply + ".params", b"")
