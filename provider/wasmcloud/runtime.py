@@ -18,7 +18,7 @@ import json
 import logging
 from collections import UserString
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from nats.aio.msg import Msg
 
@@ -52,6 +52,8 @@ from provider.wrpc.nats import Headers, Served, WrpcTransport, ensure_active
 from provider.wrpc.subjects import prefix
 
 log = logging.getLogger("provider.runtime")
+
+ResultT = TypeVar("ResultT", UnitResult, MessageResult)
 
 MESSAGING = ("wasmcloud", "messaging")
 HANDLE_MESSAGE_TIMEOUT = 10.0
@@ -403,21 +405,24 @@ class ProviderRuntime:
         )
 
     async def _publish(self, msg: BrokerMessage, headers: Headers) -> UnitResult:
-        link, why = self._caller(headers)
-        if link is None:
-            return Err(why)
-        try:
-            return await self._capability.publish(link, msg)
-        except Exception as exc:
-            log.exception("publish from %s failed", link.component_id)
-            return Err(f"provider error: {exc}")
+        return await self._from_component(
+            "publish", headers, lambda link: self._capability.publish(link, msg)
+        )
 
     async def _request(self, params: RequestParams, headers: Headers) -> MessageResult:
+        return await self._from_component(
+            "request", headers, lambda link: self._capability.request(link, params)
+        )
+
+    async def _from_component(
+        self, what: str, headers: Headers, call: Callable[[Link], Awaitable[ResultT]]
+    ) -> ResultT | Err[str]:
+        """Find the caller's link, then run ``call`` on it; every failure is an ``err`` value."""
         link, why = self._caller(headers)
         if link is None:
             return Err(why)
         try:
-            return await self._capability.request(link, params)
-        except Exception as exc:
-            log.exception("request from %s failed", link.component_id)
+            return await call(link)
+        except Exception as exc:  # the component gets err("…"), not a trap (spec §3.4)
+            log.exception("%s from %s failed", what, link.component_id)
             return Err(f"provider error: {exc}")
