@@ -93,7 +93,8 @@ async def connect_lattice(host_data: HostData, timeout: float = CONNECT_TIMEOUT)
         log.warning("NATS: %s", exc)
 
     async def on_disconnected() -> None:
-        if nc_ready:  # not for a first attempt that failed: that is reported below
+        # Not for a first attempt that failed (reported below), nor for our own close.
+        if nc_ready and not nc.is_closed:
             log.warning("NATS: disconnected from %s, reconnecting", host_data.lattice_rpc_url)
 
     async def on_reconnected() -> None:

@@ -247,3 +247,12 @@ async def test_a_restarted_provider_gets_its_links_again(
         assert await echo_once(port, "two") == "two"
     finally:
         await second.stop()
+
+
+async def test_a_clean_shutdown_logs_no_connection_trouble(make_lattice: MakeLattice) -> None:
+    """Closing its own NATS connection at shutdown is not reported as a lost connection."""
+    lattice = await make_lattice()
+    assert await lattice.shutdown() == b"shutting down"
+    assert await lattice.process.wait(WAIT) == 0
+    assert "disconnected" not in lattice.process.output
+    assert "stopped" in lattice.process.output
