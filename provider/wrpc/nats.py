@@ -37,6 +37,7 @@ from provider.errors import (
     InvocationTimeout,
     NoResponders,
     ProtocolViolation,
+    ProviderError,
     TransportClosed,
     WrpcError,
 )
@@ -570,6 +571,10 @@ class WrpcTransport:
                     await self._inbox.close(rs)
             try:
                 payload = encode(func.results, await handler(params, parse_headers(headers)))
+            except ProviderError as exc:  # a failure we know (a component trapped…): no traceback
+                stats.handler_failures += 1
+                log.warning("%s: %s; the caller gets no results (a trap)", subject, exc)
+                return
             except Exception:
                 stats.handler_failures += 1
                 log.exception("%s: the handler failed; the caller gets no results (a trap)", subject)
