@@ -17,56 +17,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from provider.host.nats_server import NatsServer
+from provider.host.wadm import linked_component_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 INSTANCES = 4
 """Wasm instances (worker threads, one Store each): enough to keep both cores busy."""
-
-MANIFEST = """\
-apiVersion: core.oam.dev/v1beta1
-kind: Application
-metadata:
-  name: bench-echo
-spec:
-  components:
-    - name: echo
-      type: component
-      properties:
-        image: file://{root}/build/components/echo.wasm
-      traits:
-        - type: spreadscaler
-          properties:
-            instances: {instances}
-        - type: link
-          properties:
-            namespace: wasmcloud
-            package: messaging
-            interfaces: [consumer]
-            target:
-              name: websocket
-              config:
-                - name: echo-publish
-                  properties:
-                    MODE: server
-    - name: websocket
-      type: capability
-      properties:
-        image: file://{root}/build/wasmcloud-ws-provider.par.gz
-      traits:
-        - type: link
-          properties:
-            namespace: wasmcloud
-            package: messaging
-            interfaces: [handler]
-            target:
-              name: echo
-            source:
-              config:
-                - name: echo-server
-                  properties:
-                    MODE: server
-                    URI: 127.0.0.1:{port}
-"""
 
 
 @contextlib.asynccontextmanager
@@ -80,7 +35,16 @@ async def provider_wasm(nats: NatsServer, launcher: Path) -> AsyncIterator[objec
     port = free_port()
     with tempfile.TemporaryDirectory() as directory:
         manifest = Path(directory) / "wadm.yaml"
-        manifest.write_text(MANIFEST.format(root=ROOT, port=port, instances=INSTANCES))
+        manifest.write_text(
+            linked_component_manifest(
+                "echo",
+                ROOT / "build" / "components" / "echo.wasm",  # built from components/echo on demand
+                handler={"MODE": "server", "URI": f"127.0.0.1:{port}"},
+                consumer={"MODE": "server"},
+                instances=INSTANCES,
+                name="bench-echo",
+            )
+        )
         host = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "provider.host", "run", str(manifest),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,

@@ -23,8 +23,10 @@ raised before anything starts: :func:`load` checks the whole manifest first.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -499,3 +501,71 @@ def _interfaces(check: _Checker, props: _Map, where: str) -> tuple[str, ...]:
     if not isinstance(value, _Seq) or not value or not all(isinstance(i, str) and i for i in value):
         raise check.error(line, f"{where}: interfaces must be a non-empty list of names, got {value!r}")
     return tuple(value)
+
+
+# -- writing one -----------------------------------------------------------------------------------------
+
+
+def _properties(config: Mapping[str, str], indent: int) -> str:
+    lines = "\n".join(f"{key}: {value!r}" for key, value in config.items())
+    return textwrap.indent(lines, " " * indent)
+
+
+def linked_component_manifest(
+    component: str,
+    wasm: Path,
+    *,
+    handler: Mapping[str, str],
+    consumer: Mapping[str, str],
+    instances: int = 1,
+    name: str = "test-app",
+) -> str:
+    """A manifest running ``wasm`` as ``component``, linked both ways with this provider:
+    ``handler`` is the provider's source config, ``consumer`` its target config. What the
+    local-host tests and ``make bench`` run."""
+    return f"""\
+apiVersion: core.oam.dev/v1beta1
+kind: Application
+metadata:
+  name: {name}
+spec:
+  components:
+    - name: {component}
+      type: component
+      properties:
+        image: file://{wasm}
+        id: {component}
+      traits:
+        - type: spreadscaler
+          properties:
+            instances: {instances}
+        - type: link
+          properties:
+            namespace: wasmcloud
+            package: messaging
+            interfaces: [consumer]
+            target:
+              name: websocket
+              config:
+                - name: consumer
+                  properties:
+{_properties(consumer, 20)}
+    - name: websocket
+      type: capability
+      properties:
+        image: file://./unused.par.gz
+        id: websocket-provider
+      traits:
+        - type: link
+          properties:
+            namespace: wasmcloud
+            package: messaging
+            interfaces: [handler]
+            target:
+              name: {component}
+            source:
+              config:
+                - name: handler
+                  properties:
+{_properties(handler, 20)}
+"""

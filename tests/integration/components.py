@@ -8,7 +8,6 @@ componentize-py (~15 s a component) and the compile (~10 s a component).
 from __future__ import annotations
 
 import functools
-import textwrap
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -27,66 +26,3 @@ def built() -> Mapping[str, Path]:
     sources = {source.name: source for source in find_sources(ROOT)}
     sources["faulty"] = ComponentSource("faulty", ROOT / "tests" / "components" / "faulty", ROOT / "wit")
     return {name: builder.build(source) for name, source in sorted(sources.items())}
-
-
-def _properties(config: Mapping[str, str], indent: int) -> str:
-    lines = "\n".join(f"{key}: {value!r}" for key, value in config.items())
-    return textwrap.indent(lines, " " * indent)
-
-
-def manifest(
-    component: str,
-    wasm: Path,
-    *,
-    handler: Mapping[str, str],
-    consumer: Mapping[str, str],
-    instances: int = 1,
-    name: str = "test-app",
-) -> str:
-    """A manifest running ``wasm`` as ``component``, linked both ways with the provider."""
-    return f"""\
-apiVersion: core.oam.dev/v1beta1
-kind: Application
-metadata:
-  name: {name}
-spec:
-  components:
-    - name: {component}
-      type: component
-      properties:
-        image: file://{wasm}
-        id: {component}
-      traits:
-        - type: spreadscaler
-          properties:
-            instances: {instances}
-        - type: link
-          properties:
-            namespace: wasmcloud
-            package: messaging
-            interfaces: [consumer]
-            target:
-              name: websocket
-              config:
-                - name: consumer
-                  properties:
-{_properties(consumer, 20)}
-    - name: websocket
-      type: capability
-      properties:
-        image: file://./unused.par.gz
-        id: websocket-provider
-      traits:
-        - type: link
-          properties:
-            namespace: wasmcloud
-            package: messaging
-            interfaces: [handler]
-            target:
-              name: {component}
-            source:
-              config:
-                - name: handler
-                  properties:
-{_properties(handler, 20)}
-"""
