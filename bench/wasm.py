@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from provider.host.machine import free_port
 from provider.host.nats_server import NatsServer
 from provider.host.wadm import linked_component_manifest
 
@@ -30,7 +31,7 @@ async def provider_wasm(nats: NatsServer, launcher: Path) -> AsyncIterator[objec
 
     ``nats`` and ``launcher`` are unused: the local host starts its own, as ``make run`` does.
     """
-    from bench.ws import Target, free_port
+    from bench.ws import Target
 
     port = free_port()
     with tempfile.TemporaryDirectory() as directory:

@@ -32,29 +32,12 @@ from typing import Any
 
 from provider.host.lattice import LocalLattice, consumer_link, handler_link
 from provider.host.launcher import write_launcher
+from provider.host.machine import free_port, resident_bytes
 from provider.host.nats_server import NatsServer
 
 ROOT = Path(__file__).resolve().parent
 CASES = [(1, 1, 32), (1, 1, 4096), (50, 8, 32), (50, 8, 4096)]
 IDLE_SESSIONS = 1000
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def rss(pid: int) -> int:
-    """Resident memory of a process, in bytes."""
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
 
 
 @dataclass
@@ -149,7 +132,7 @@ async def _load(*args: str) -> dict[str, Any]:
 
 async def _idle_memory(target: Target) -> float:
     """Server memory growth per session while the load generator holds 1,000 idle ones."""
-    before = rss(target.server_pid)
+    before = resident_bytes(target.server_pid)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench.load", "idle", target.url, "--connections", str(IDLE_SESSIONS),
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd=ROOT.parent,
@@ -159,7 +142,7 @@ async def _idle_memory(target: Target) -> float:
     async with asyncio.timeout(120):
         if (await proc.stdout.readline()).strip() != b"ready":
             raise RuntimeError("the idle load generator failed")
-    after = rss(target.server_pid)
+    after = resident_bytes(target.server_pid)
     proc.stdin.close()
     await proc.wait()
     return (after - before) / IDLE_SESSIONS

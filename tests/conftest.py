@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -55,14 +54,6 @@ async def connect() -> AsyncIterator[Connect]:
 def launcher(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The provider's launcher script, as a provider archive would carry it."""
     return write_launcher(tmp_path_factory.mktemp("provider") / LAUNCHER_NAME)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 MakeLattice = Callable[..., Awaitable[LocalLattice]]

@@ -25,9 +25,9 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from provider.host.local import LocalHost
+from provider.host.machine import free_port
 from provider.host.nats_server import NatsServer
 from provider.host.wadm import load
-from tests.conftest import free_port
 from tests.integration.components import BUILD_TIMEOUT, CACHE, ROOT, built
 
 pytestmark = pytest.mark.timeout(BUILD_TIMEOUT)

@@ -26,11 +26,12 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from provider.host.lattice import LocalLattice, consumer_link, handler_link
+from provider.host.machine import free_port
 from provider.host.native import NativeComponent, accept, echo
 from provider.wasmcloud.links import LinkDefinition
 from provider.wrpc.codec import Err, Ok
 from provider.wrpc.messaging import BrokerMessage, UnitResult
-from tests.conftest import Inbox, MakeLattice, free_port
+from tests.conftest import Inbox, MakeLattice
 
 PROVIDER = "websocket-provider"
 WAIT = 10.0

@@ -25,10 +25,10 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, serve
 
 from provider.host.local import HostError, LocalHost
+from provider.host.machine import free_port
 from provider.host.nats_server import NatsServer
 from provider.host.wadm import ManifestError, load
 from provider.host.wadm import linked_component_manifest as manifest
-from tests.conftest import free_port
 from tests.integration.components import BUILD_TIMEOUT, CACHE, ROOT, built
 
 pytestmark = pytest.mark.timeout(BUILD_TIMEOUT)  # the first test may build and compile every component

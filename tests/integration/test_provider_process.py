@@ -21,11 +21,12 @@ from websockets.exceptions import InvalidStatus
 from provider.host.control import HostControl, ProviderIdentity
 from provider.host.lattice import LocalLattice, consumer_link, handler_link
 from provider.host.launcher import ProviderProcess
+from provider.host.machine import free_port
 from provider.host.native import echo
 from provider.host.nats_server import NatsServer
 from provider.wrpc.codec import Err
 from provider.wrpc.messaging import BrokerMessage
-from tests.conftest import Connect, MakeLattice, free_port
+from tests.conftest import Connect, MakeLattice
 
 PROVIDER = "websocket-provider"
 WAIT = 10.0

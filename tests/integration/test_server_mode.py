@@ -19,11 +19,12 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from provider.host.lattice import LocalLattice, consumer_link, handler_link
+from provider.host.machine import free_port, resident_bytes
 from provider.host.native import NativeComponent, accept, echo
 from provider.host.nats_server import NatsServer
 from provider.wrpc.codec import Err, Ok
 from provider.wrpc.messaging import BrokerMessage, UnitResult
-from tests.conftest import Inbox, MakeLattice, free_port
+from tests.conftest import Inbox, MakeLattice
 
 PROVIDER = "websocket-provider"
 WAIT = 10.0
@@ -363,14 +364,6 @@ async def _drain(ws: ClientConnection) -> None:
         await ws.recv()
 
 
-def _rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 async def test_a_client_that_never_reads_is_closed_and_memory_stays_bounded(
     make_lattice: MakeLattice,
@@ -386,14 +379,14 @@ async def test_a_client_that_never_reads_is_closed_and_memory_stays_bounded(
     await ws.send(json.dumps({"subject": "start", "body": ""}))
     [start] = await inbox.wait_for(1)
     assert start.reply_to is not None
-    before = _rss_bytes(lattice.process.pid)
+    before = resident_bytes(lattice.process.pid)
     chunk = b"z" * 65536
     published = 0
     result: UnitResult = Ok(None)
     while isinstance(result, Ok) and published < 4000:  # at most 250 MiB
         result = await component.publish(BrokerMessage(start.reply_to, chunk, None))
         published += 1
-    grown = _rss_bytes(lattice.process.pid) - before
+    grown = resident_bytes(lattice.process.pid) - before
     print(f"published {published} frames of 64 KiB; provider RSS grew {grown / 2**20:.1f} MiB")
     assert isinstance(result, Err), "the provider kept accepting frames for a client that does not read"
     assert "not reading" in result.value or "closed" in result.value
