@@ -32,6 +32,7 @@ from provider.websocket.subjects import (
     CloseSession,
     ListSessions,
     Other,
+    Target,
     ToConnection,
     ToSession,
     parse_target,
@@ -201,10 +202,11 @@ class WebSocketProvider:
         mode = self._consumer_modes.get(link.key, Mode.SERVER)
         # A connection's reply subject works whatever the consumer link's mode: a component that
         # receives from a client-mode handler link can always answer what it received.
-        client = mode is Mode.CLIENT or isinstance(parse_target(msg.subject), ToConnection)
-        result = (
-            await self._client_publish(link, msg) if client else self._server_publish(link.component_id, msg)
-        )
+        target = parse_target(msg.subject)
+        if mode is Mode.CLIENT or isinstance(target, ToConnection):
+            result = await self._client_publish(link, msg, target)
+        else:
+            result = self._server_publish(link.component_id, msg, target)
         if isinstance(result, Err):
             self.counters.publish_errors += 1
         return result
@@ -228,8 +230,7 @@ class WebSocketProvider:
     def _reachable_sessions(self, component: str) -> list[Session]:
         return [session for server in self._servers_of(component) for session in server]
 
-    def _server_publish(self, component: str, msg: BrokerMessage) -> UnitResult:
-        target = parse_target(msg.subject)
+    def _server_publish(self, component: str, msg: BrokerMessage, target: Target) -> UnitResult:
         if isinstance(target, Broadcast):
             servers = self._servers_of(component)
             if not servers:
@@ -266,8 +267,7 @@ class WebSocketProvider:
         key = self._client_links.get(link.key)
         return self.clients.get(key) if key is not None else None
 
-    async def _client_publish(self, link: Link, msg: BrokerMessage) -> UnitResult:
-        target = parse_target(msg.subject)
+    async def _client_publish(self, link: Link, msg: BrokerMessage, target: Target) -> UnitResult:
         subject = msg.subject
         if isinstance(target, ToConnection):
             owned = {c.id: c for c in self.clients.values() if c.component == link.component_id}

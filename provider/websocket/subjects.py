@@ -21,7 +21,6 @@ subjects. The provider reserves the ``ws.`` prefix for that:
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 PREFIX = "ws."
@@ -161,8 +160,3 @@ class Subscriptions:
 
     def describe(self) -> str:
         return ",".join(p.text for p in self.patterns) or ">"
-
-
-def matching(subject: str, candidates: Iterable[tuple[Subscriptions, str]]) -> list[str]:
-    """The components (second items) whose subscriptions match ``subject``."""
-    return [component for subs, component in candidates if subs.matches(subject)]
