@@ -27,14 +27,13 @@ import logging
 import os
 import shutil
 import subprocess
-import sys
-import sysconfig
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from provider.errors import ProviderError
+from provider.host.machine import find_executable
 
 log = logging.getLogger("provider.host.build")
 
@@ -77,14 +76,10 @@ def tool_version() -> str:
 
 def find_componentize_py() -> str:
     """The ``componentize-py`` executable installed beside this interpreter (or on PATH)."""
-    for candidate in (Path(sysconfig.get_path("scripts")), Path(sys.executable).parent):
-        path = candidate / "componentize-py"
-        if path.is_file() and os.access(path, os.X_OK):
-            return str(path)
-    found = shutil.which("componentize-py")
-    if found:
-        return found
-    raise BuildError("componentize-py not found: install the project's dependencies (make setup)")
+    found = find_executable("componentize-py")
+    if found is None:
+        raise BuildError("componentize-py not found: install the project's dependencies (make setup)")
+    return found
 
 
 def inputs_digest(source: ComponentSource) -> str:

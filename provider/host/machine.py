@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
+import sys
+import sysconfig
+from pathlib import Path
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -20,3 +25,12 @@ def resident_bytes(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError(f"/proc/{pid}/status has no VmRSS")
+
+
+def find_executable(name: str) -> str | None:
+    """``name`` installed beside this interpreter (a venv's scripts folder), else on PATH."""
+    for folder in (Path(sysconfig.get_path("scripts")), Path(sys.executable).parent):
+        candidate = folder / name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return shutil.which(name)

