@@ -8,10 +8,16 @@ componentize-py (~15 s a component) and the compile (~10 s a component).
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from provider.host.build import ComponentBuilder, ComponentSource, find_sources
+from provider.host.local import LocalHost
+from provider.host.nats_server import NatsServer
+from provider.host.wadm import load
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / ".cache"
@@ -26,3 +32,28 @@ def built() -> Mapping[str, Path]:
     sources = {source.name: source for source in find_sources(ROOT)}
     sources["faulty"] = ComponentSource("faulty", ROOT / "tests" / "components" / "faulty", ROOT / "wit")
     return {name: builder.build(source) for name, source in sorted(sources.items())}
+
+
+@asynccontextmanager
+async def running(
+    text: str,
+    nats: NatsServer,
+    launcher: Path,
+    *,
+    base_dir: Path = ROOT,
+    source: str = "test.yaml",
+    **options: Any,
+) -> AsyncIterator[LocalHost]:
+    """``text`` (a manifest) running on the local host, on a lattice of its own; stopped afterwards."""
+    app = load(text, source=source)
+    host = LocalHost(
+        app,
+        nats.url,
+        base_dir=base_dir,
+        cache_dir=CACHE,
+        launcher=launcher,
+        lattice=f"t{uuid.uuid4().hex[:12]}",
+        **options,
+    )
+    async with host:
+        yield host

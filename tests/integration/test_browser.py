@@ -16,7 +16,6 @@ import contextlib
 import itertools
 import json
 import os
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,11 +23,9 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from provider.host.local import LocalHost
 from provider.host.machine import free_port
 from provider.host.nats_server import NatsServer
-from provider.host.wadm import load
-from tests.integration.components import BUILD_TIMEOUT, CACHE, ROOT, built
+from tests.integration.components import BUILD_TIMEOUT, ROOT, built, running
 
 pytestmark = pytest.mark.timeout(BUILD_TIMEOUT)
 
@@ -220,25 +217,11 @@ async def test_chromium_joins_the_chat_and_sees_its_message(
     built()
     port = free_port()
     text = (ROOT / "wadm.yaml").read_text().replace("127.0.0.1:8080", f"127.0.0.1:{port}")
-    app = load(text, source="wadm.yaml")
-    host = LocalHost(
-        app,
-        nats_server.url,
-        base_dir=ROOT,
-        cache_dir=CACHE,
-        launcher=launcher,
-        lattice=f"b{uuid.uuid4().hex[:12]}",
-    )
-    async with host:
+    async with running(text, nats_server, launcher, source="wadm.yaml"):
         head = await page_head(port)
         assert head[0] == b"HTTP/1.1 200 OK", head
         lengths = [line for line in head if line.lower().startswith(b"content-length:")]
-        if len(lengths) > 1:
-            # Known provider bug, reported (provider/websocket/server.py is not this test's to fix):
-            # WsServer._static adds its headers to those of connection.respond(200, ""), so the page
-            # goes out with Content-Length: 0 *and* the real length, and Chromium refuses it
-            # (net::ERR_RESPONSE_HEADERS_MULTIPLE_CONTENT_LENGTH). Runs in full once that is fixed.
-            pytest.xfail(f"the provider sends {len(lengths)} Content-Length headers for /: {lengths}")
+        assert len(lengths) == 1, lengths  # two made Chromium refuse the page (a STATIC_DIR bug, fixed)
         await run_in_chromium(port, tmp_path / "profile")
 
 

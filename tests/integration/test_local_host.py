@@ -14,9 +14,7 @@ import os
 import re
 import signal
 import sys
-import uuid
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +27,7 @@ from provider.host.machine import free_port
 from provider.host.nats_server import NatsServer
 from provider.host.wadm import ManifestError, load
 from provider.host.wadm import linked_component_manifest as manifest
-from tests.integration.components import BUILD_TIMEOUT, CACHE, ROOT, built
+from tests.integration.components import BUILD_TIMEOUT, CACHE, ROOT, built, running
 
 pytestmark = pytest.mark.timeout(BUILD_TIMEOUT)  # the first test may build and compile every component
 
@@ -40,25 +38,6 @@ WAIT = 10.0
 def wasm() -> Mapping[str, Path]:
     """Every component, built (or taken from the cache)."""
     return built()
-
-
-@asynccontextmanager
-async def running(
-    text: str, nats: NatsServer, launcher: Path, *, base_dir: Path = ROOT, **options: Any
-) -> AsyncIterator[LocalHost]:
-    """``text`` (a manifest) running on the local host, on a lattice of its own; stopped afterwards."""
-    app = load(text, source="test.yaml")
-    host = LocalHost(
-        app,
-        nats.url,
-        base_dir=base_dir,
-        cache_dir=CACHE,
-        launcher=launcher,
-        lattice=f"t{uuid.uuid4().hex[:12]}",
-        **options,
-    )
-    async with host:
-        yield host
 
 
 def server_mode(port: int, **config: str) -> dict[str, str]:
