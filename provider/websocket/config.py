@@ -121,6 +121,29 @@ def _host_port(text: str) -> tuple[str, int]:
     return host, number
 
 
+KEYS = {
+    "host": "URI",
+    "port": "URI",
+    "headers": "HEADER_*",
+    "connect_timeout": "CONNECT_TIMEOUT_SEC",
+    "reconnect_min": "RECONNECT_MIN_MS",
+    "reconnect_max": "RECONNECT_MAX_MS",
+    "ping_interval": "PING_INTERVAL_SEC",
+    "ping_timeout": "PING_TIMEOUT_SEC",
+}
+"""Settings whose config key is not simply the field's name in upper case."""
+
+
+def differing_keys(a: ServerSettings | ClientSettings, b: ServerSettings | ClientSettings) -> list[str]:
+    """The config keys whose settings differ between ``a`` and ``b`` (each key once, in field order)."""
+    keys = [
+        KEYS.get(name, name.upper())
+        for name in a.__dataclass_fields__
+        if getattr(a, name) != getattr(b, name)
+    ]
+    return list(dict.fromkeys(keys))
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     """What one listen address serves; every handler link on that address must agree on it."""
@@ -149,9 +172,8 @@ class ServerSettings:
         return (self.host, self.port)
 
     def differences(self, other: ServerSettings) -> list[str]:
-        """The setting names in which two links on one address disagree (secrets not shown)."""
-        names = [f for f in self.__dataclass_fields__ if getattr(self, f) != getattr(other, f)]
-        return [n.upper() for n in names]
+        """The config keys in which two links on one address disagree (values not shown)."""
+        return differing_keys(self, other)
 
 
 @dataclass(frozen=True)
@@ -244,21 +266,8 @@ class ClientSettings:
 
     def differences(self, other: ClientSettings) -> list[str]:
         """The config keys in which two links' settings for one connection disagree (values not shown)."""
-        return [
-            CLIENT_KEYS.get(name, name.upper())
-            for name in self.__dataclass_fields__
-            if getattr(self, name) != getattr(other, name)
-        ]
+        return differing_keys(self, other)
 
-
-CLIENT_KEYS = {
-    "headers": "HEADER_*",
-    "connect_timeout": "CONNECT_TIMEOUT_SEC",
-    "reconnect_min": "RECONNECT_MIN_MS",
-    "reconnect_max": "RECONNECT_MAX_MS",
-    "ping_interval": "PING_INTERVAL_SEC",
-}
-"""Settings whose config key is not simply the field's name in upper case."""
 
 # Headers that the WebSocket handshake itself writes: a HEADER_ key for one of them would send it
 # twice or break the upgrade, so it is refused with the key that does the job instead, if any.
