@@ -1,8 +1,9 @@
 """Wire formats on the WebSocket (``FORMAT``): raw, json, msgpack. Pure.
 
 ========  ======================================================================================
-raw       the frame is the body; the subject comes from ``SUBJECT``. Outbound: a text frame if
-          the body is UTF-8, else binary.
+raw       the frame is the body; the subject comes from ``SUBJECT``. Outbound: the frame type the
+          publish asked for (:class:`~provider.websocket.subjects.FrameType`), else a text frame if
+          the body is UTF-8 and binary otherwise.
 json      text frames ``{"subject": "…", "body": "<utf-8 text>"}``; a body that is not UTF-8 goes
           as ``"body_base64": "…"`` instead; ``"reply_to"`` when there is one.
 msgpack   binary frames holding a map ``{"subject": str, "body": bin, "reply_to": str | nil}``.
@@ -24,7 +25,7 @@ from typing import Any
 import msgpack
 
 from provider.errors import ProviderError
-from provider.websocket.subjects import ERROR
+from provider.websocket.subjects import ERROR, FrameType
 
 Frame = str | bytes
 """A WebSocket message: ``str`` is a text frame, ``bytes`` a binary frame."""
@@ -56,11 +57,30 @@ def _text_body(body: bytes) -> str | None:
         return None
 
 
-def encode(fmt: Format, envelope: Envelope) -> Frame:
-    """The frame that carries ``envelope``."""
+_NATIVE = {Format.JSON: FrameType.TEXT, Format.MSGPACK: FrameType.BINARY}
+"""The one frame type each enveloped format uses."""
+
+
+def encode(fmt: Format, envelope: Envelope, frame_type: FrameType | None = None) -> Frame:
+    """The frame that carries ``envelope``, of ``frame_type`` if one was asked for.
+
+    Raises :class:`FrameError` when the frame cannot be of that type: a text frame whose body
+    is not UTF-8, or a type the format does not use (json frames are text, msgpack binary).
+    """
     if fmt is Format.RAW:
+        if frame_type is FrameType.BINARY:
+            return envelope.body
         text = _text_body(envelope.body)
-        return text if text is not None else envelope.body
+        if text is not None:
+            return text
+        if frame_type is FrameType.TEXT:
+            raise FrameError("a text frame must be UTF-8, and this body is not (send it as binary)")
+        return envelope.body
+    if frame_type is not None and frame_type is not _NATIVE[fmt]:
+        raise FrameError(
+            f"FORMAT={fmt.value} sends {_NATIVE[fmt].value} frames only; "
+            f"a {frame_type.value} frame needs FORMAT=raw"
+        )
     if fmt is Format.JSON:
         obj: dict[str, Any] = {"subject": envelope.subject}
         text = _text_body(envelope.body)
@@ -86,7 +106,11 @@ def error_frame(fmt: Format, message: str) -> Frame | None:
 
 
 def decode(fmt: Format, frame: Frame, default_subject: str) -> Envelope:
-    """The envelope a frame carries. Raises :class:`FrameError` saying what is wrong with it."""
+    """The envelope a frame carries. Raises :class:`FrameError` saying what is wrong with it.
+
+    Nothing else escapes, whatever the frame holds (deep nesting, huge numbers, lone
+    surrogates, wrong types): a peer's bad frame is its own problem, never the connection's.
+    """
     if fmt is Format.RAW:
         body = frame.encode("utf-8") if isinstance(frame, str) else bytes(frame)
         return Envelope(default_subject, body)
@@ -98,6 +122,8 @@ def decode(fmt: Format, frame: Frame, default_subject: str) -> Envelope:
         obj = msgpack.unpackb(frame, raw=False, strict_map_key=True)
     except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError, TypeError) as exc:
         raise FrameError(f"invalid msgpack: {exc}") from exc
+    except RecursionError:
+        raise FrameError("invalid msgpack: nested too deeply") from None
     if not isinstance(obj, dict):
         raise FrameError(f"a msgpack frame must hold a map, got {type(obj).__name__}")
     return _from_mapping(obj, allow_base64=False)
@@ -106,17 +132,31 @@ def decode(fmt: Format, frame: Frame, default_subject: str) -> Envelope:
 def _json_object(frame: Frame) -> dict[str, Any]:
     try:
         obj = json.loads(frame)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except json.JSONDecodeError as exc:
         raise FrameError(f"invalid JSON: {exc}") from exc
+    except RecursionError:
+        raise FrameError("invalid JSON: nested too deeply") from None
+    except ValueError as exc:  # invalid UTF-8 in bytes, an integer of more than 4,300 digits
+        raise FrameError(f"invalid JSON: {str(exc)[:200]}") from None
     if not isinstance(obj, dict):
         raise FrameError(f"a JSON frame must be an object, got {type(obj).__name__}")
     return obj
+
+
+def _unicode(value: str, key: str) -> str:
+    """``value`` if it is encodable as UTF-8 (JSON's ``\\ud800`` escapes give lone surrogates)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise FrameError(f"{key!r} holds a lone surrogate (\\ud800-\\udfff), which is not text") from None
+    return value
 
 
 def _from_mapping(obj: dict[str, Any], *, allow_base64: bool) -> Envelope:
     subject = obj.get("subject")
     if not isinstance(subject, str) or not subject:
         raise FrameError("'subject' must be a non-empty string")
+    _unicode(subject, "subject")
     body = obj.get("body")
     encoded = obj.get("body_base64") if allow_base64 else None
     if body is not None and encoded is not None:
@@ -131,7 +171,7 @@ def _from_mapping(obj: dict[str, Any], *, allow_base64: bool) -> Envelope:
     elif body is None:
         data = b""
     elif isinstance(body, str):
-        data = body.encode("utf-8")
+        data = _unicode(body, "body").encode("utf-8")
     elif isinstance(body, bytes) and not allow_base64:
         data = body
     else:
@@ -139,4 +179,6 @@ def _from_mapping(obj: dict[str, Any], *, allow_base64: bool) -> Envelope:
     reply_to = obj.get("reply_to")
     if reply_to is not None and not isinstance(reply_to, str):
         raise FrameError("'reply_to' must be a string")
+    if reply_to is not None:
+        _unicode(reply_to, "reply_to")
     return Envelope(subject, data, reply_to or None)

@@ -5,6 +5,8 @@ subjects. The provider reserves the ``ws.`` prefix for that:
 
 ==========================  =================================================================
 ``ws.session.<id>``         a server-mode session (the ``reply-to`` of its frames): publish → that client
+``ws.session.<id>.binary``  likewise, as a binary frame (``.text``: a text frame); ``FORMAT=raw`` only.
+                            A raw binary frame's ``reply-to`` carries ``.binary``, so an echo keeps its type
 ``ws.broadcast``            publish → every session of every server that delivers to the component
 ``ws.sessions``             request → JSON list of the sessions the component can reach
 ``ws.close.<id>``           publish → close that session (body: the close reason, 1000)
@@ -12,7 +14,8 @@ subjects. The provider reserves the ``ws.`` prefix for that:
 ``ws.disconnected``         delivered on disconnect, likewise
 ``ws.conn.<id>``            a client-mode connection (the ``reply-to`` of its frames): publish → send on it
 ``ws.conn.<id>.<reply>``    likewise, for a frame whose envelope named its own ``reply_to``: the
-                            frame sent back carries ``<reply>`` as its subject
+                            frame sent back carries ``<reply>`` as its subject. With ``FORMAT=raw``
+                            (no envelopes) the suffix is the frame type instead: ``binary`` or ``text``
 ``ws.req.<id>``             the correlation subject of a client-mode ``request``
 ``ws.error``                the subject of error frames the provider sends to peers
 ==========================  =================================================================
@@ -20,6 +23,8 @@ subjects. The provider reserves the ``ws.`` prefix for that:
 
 from __future__ import annotations
 
+import enum
+import hashlib
 import secrets
 from dataclasses import dataclass
 
@@ -34,14 +39,46 @@ CONNECTION = "ws.conn."
 REQUEST = "ws.req."
 ERROR = "ws.error"
 
+RESERVED_SUBJECTS = frozenset({BROADCAST, SESSIONS, CONNECTED, DISCONNECTED, ERROR})
+RESERVED_PREFIXES = (SESSION, CLOSE, CONNECTION, REQUEST)
+
+
+def is_reserved(subject: str) -> bool:
+    """Whether ``subject`` is one the provider gives meaning to: a peer may not send on it, lest a
+    component take a client's frame for the provider's own (a fake ``ws.connected``, say)."""
+    return subject in RESERVED_SUBJECTS or subject.startswith(RESERVED_PREFIXES)
+
+
+class FrameType(enum.Enum):
+    """The WebSocket frame type a publish asks for (``FORMAT=raw``: the subject's last token)."""
+
+    TEXT = "text"
+    BINARY = "binary"
+
 
 def new_id() -> str:
     """128 random bits as 32 hex characters: unguessable, and safe in any subject."""
     return secrets.token_hex(16)
 
 
-def session_subject(session_id: str) -> str:
-    return SESSION + session_id
+_ID_SALT = secrets.token_bytes(16)  # per process: ids of one run cannot be derived in another
+
+
+def stable_id(*parts: str) -> str:
+    """An id as unguessable as :func:`new_id`, but the same for the same ``parts`` within this
+    process: a client connection keeps its id (and reply subject) when it is re-created, say
+    after its links' config changed, for as long as the provider runs."""
+    digest = hashlib.blake2b(digest_size=16, key=_ID_SALT)
+    for part in parts:
+        digest.update(part.encode("utf-8", errors="surrogatepass"))
+        digest.update(b"\x00")
+    return digest.hexdigest()
+
+
+def session_subject(session_id: str, frame_type: FrameType | None = None) -> str:
+    """A session's reply subject; with a frame type, the one that asks for that type."""
+    base = SESSION + session_id
+    return f"{base}.{frame_type.value}" if frame_type is not None else base
 
 
 def connection_subject(connection_id: str, reply_to: str | None = None) -> str:
@@ -52,7 +89,10 @@ def connection_subject(connection_id: str, reply_to: str | None = None) -> str:
 
 @dataclass(frozen=True)
 class ToSession:
+    """``ws.session.<id>[.binary|.text]``: send to that session (of that frame type, if given)."""
+
     session_id: str
+    frame_type: FrameType | None = None
 
 
 @dataclass(frozen=True)
@@ -88,9 +128,22 @@ class Other:
 Target = ToSession | Broadcast | ListSessions | CloseSession | ToConnection | Other
 
 
+_FRAME_TYPES = {t.value: t for t in FrameType}
+
+
 def _id_after(subject: str, prefix: str) -> str | None:
     rest = subject[len(prefix) :]
     return rest if rest and "." not in rest else None
+
+
+def _session_after(subject: str) -> ToSession | None:
+    session, dot, suffix = subject[len(SESSION) :].partition(".")
+    if not session:
+        return None
+    if not dot:
+        return ToSession(session)
+    frame_type = _FRAME_TYPES.get(suffix)
+    return ToSession(session, frame_type) if frame_type is not None else None
 
 
 def parse_target(subject: str) -> Target:
@@ -100,8 +153,8 @@ def parse_target(subject: str) -> Target:
             return Broadcast()
         if subject == SESSIONS:
             return ListSessions()
-        if subject.startswith(SESSION) and (session := _id_after(subject, SESSION)):
-            return ToSession(session)
+        if subject.startswith(SESSION) and (target := _session_after(subject)):
+            return target
         if subject.startswith(CLOSE) and (session := _id_after(subject, CLOSE)):
             return CloseSession(session)
         if subject.startswith(CONNECTION):

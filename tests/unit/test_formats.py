@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 
@@ -18,6 +19,7 @@ from provider.websocket.formats import Envelope, Format, FrameError, decode, enc
 from provider.websocket.subjects import (
     Broadcast,
     CloseSession,
+    FrameType,
     ListSessions,
     Other,
     SubjectPattern,
@@ -25,8 +27,11 @@ from provider.websocket.subjects import (
     ToConnection,
     ToSession,
     connection_subject,
+    is_reserved,
     new_id,
     parse_target,
+    session_subject,
+    stable_id,
 )
 
 subjects = st.text(min_size=1, max_size=50)
@@ -264,3 +269,149 @@ def test_links_sharing_an_address_must_agree() -> None:
     b = server_settings(Config({"URI": "127.0.0.1:1", "FORMAT": "json", "AUTH_TOKEN": "x"}))
     assert a.differences(a) == []
     assert a.differences(b) == ["FORMAT", "AUTH_TOKEN"]
+
+
+# --- hostile frames (issue 10) -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", list(Format))
+def test_decoders_raise_only_frame_error_on_any_input(fmt: Format) -> None:
+    """Whatever bytes or text a peer sends, decode() returns an envelope or raises FrameError."""
+
+    @given(st.one_of(st.binary(max_size=400), st.text(max_size=400)))
+    def check(frame: str | bytes) -> None:
+        try:
+            envelope = decode(fmt, frame, "default")
+        except FrameError:
+            return
+        envelope.subject.encode("utf-8")  # whatever decoded is real text
+        if envelope.reply_to is not None:
+            envelope.reply_to.encode("utf-8")
+
+    check()
+
+
+@pytest.mark.parametrize("fmt", [Format.JSON, Format.MSGPACK])
+def test_decoders_survive_structured_garbage(fmt: Format) -> None:
+    """Objects of every JSON/msgpack shape, nested, with any keys and values: FrameError or an envelope."""
+    leaves = (
+        st.none()
+        | st.booleans()
+        | st.integers()
+        | st.floats()
+        | st.text(max_size=20)
+        | st.binary(max_size=20)
+    )
+    keys = st.sampled_from(["subject", "body", "body_base64", "reply_to", "x"]) | st.text(max_size=5)
+    values = st.recursive(
+        leaves, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(keys, inner, max_size=3)
+    )
+
+    @given(st.dictionaries(keys, values, max_size=5))
+    def check(obj: dict[str, object]) -> None:
+        if fmt is Format.JSON:
+            try:
+                frame: str | bytes = json.dumps(obj, default=lambda b: b.hex())
+            except ValueError:
+                return
+        else:
+            try:
+                frame = msgpack.packb(obj, use_bin_type=True)
+            except OverflowError:  # an integer msgpack cannot carry: nothing a peer could send
+                return
+        with contextlib.suppress(FrameError):
+            decode(fmt, frame, "default")
+
+    check()
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        "[" * 100_000 + "]" * 100_000,
+        '{"subject": "s", "n": ' + "9" * 5000 + "}",
+        '{"subject": "\\ud800"}',
+        '{"subject": "s", "body": "\\udc00"}',
+        '{"subject": "s", "reply_to": "\\ud834"}',
+    ],
+    ids=["deep", "huge-number", "surrogate-subject", "surrogate-body", "surrogate-reply"],
+)
+def test_pathological_json_is_a_frame_error(frame: str) -> None:
+    """Deep nesting, over-long numbers and lone surrogates are the peer's error, not the provider's."""
+    with pytest.raises(FrameError):
+        decode(Format.JSON, frame, "default")
+
+
+def test_raw_encode_takes_the_frame_type_asked_for() -> None:
+    """FORMAT=raw: .binary forces binary, .text forces text (UTF-8 only), none picks by content;
+    json and msgpack refuse the type they do not send."""
+    assert encode(Format.RAW, Envelope("s", b"hi"), FrameType.BINARY) == b"hi"
+    assert encode(Format.RAW, Envelope("s", b""), FrameType.BINARY) == b""
+    assert encode(Format.RAW, Envelope("s", b"hi"), FrameType.TEXT) == "hi"
+    assert encode(Format.RAW, Envelope("s", b"hi")) == "hi"
+    assert encode(Format.RAW, Envelope("s", b"\xff")) == b"\xff"
+    with pytest.raises(FrameError, match="UTF-8"):
+        encode(Format.RAW, Envelope("s", b"\xff"), FrameType.TEXT)
+    assert isinstance(encode(Format.JSON, Envelope("s", b"x"), FrameType.TEXT), str)
+    with pytest.raises(FrameError, match="FORMAT=json sends text frames only"):
+        encode(Format.JSON, Envelope("s", b"x"), FrameType.BINARY)
+    with pytest.raises(FrameError, match="FORMAT=msgpack sends binary frames only"):
+        encode(Format.MSGPACK, Envelope("s", b"x"), FrameType.TEXT)
+
+
+@pytest.mark.parametrize(
+    ("subject", "target"),
+    [
+        ("ws.session.abc.binary", ToSession("abc", FrameType.BINARY)),
+        ("ws.session.abc.text", ToSession("abc", FrameType.TEXT)),
+        ("ws.session.abc.other", Other("ws.session.abc.other")),
+        ("ws.session..binary", Other("ws.session..binary")),
+    ],
+)
+def test_session_subjects_may_name_a_frame_type(subject: str, target: object) -> None:
+    assert parse_target(subject) == target
+    assert session_subject("abc", FrameType.BINARY) == "ws.session.abc.binary"
+
+
+@pytest.mark.parametrize(
+    ("subject", "reserved"),
+    [
+        ("ws.connected", True),
+        ("ws.disconnected", True),
+        ("ws.error", True),
+        ("ws.broadcast", True),
+        ("ws.sessions", True),
+        ("ws.session.x", True),
+        ("ws.close.x", True),
+        ("ws.conn.x.y", True),
+        ("ws.req.x", True),
+        ("ws.message", False),
+        ("ws.connectedness", False),
+        ("chat.ws.connected", False),
+    ],
+)
+def test_reserved_subjects(subject: str, reserved: bool) -> None:
+    """The subjects the provider gives meaning to; others under ws. stay free for applications."""
+    assert is_reserved(subject) is reserved
+
+
+def test_stable_ids_are_stable_and_distinct() -> None:
+    """The same parts give the same id in one process; other parts another; 128 bits of hex."""
+    assert stable_id("c", "ws://x", "default") == stable_id("c", "ws://x", "default")
+    assert stable_id("c", "ws://x", "default") != stable_id("c", "ws://x", "other")
+    assert stable_id("c", "ws://x", "default") != stable_id("c", "ws://xdefault", "")
+    assert len(stable_id("a")) == 32
+    int(stable_id("a"), 16)
+
+
+@pytest.mark.parametrize("key", ["AUTH_TOKEN", "TLS_CERT", "TLS_KEY"])
+def test_an_empty_credential_is_an_error_not_off(key: str) -> None:
+    """A token or TLS key that is present but empty fails closed."""
+    config = {"TLS_CERT": "c.pem", "TLS_KEY": "k.pem", key: "  "}
+    with pytest.raises(ConfigError, match=f"{key} is set but empty"):
+        server_settings(Config(config))
+
+
+def test_server_settings_repr_shows_no_secret() -> None:
+    settings = server_settings(Config({}, {"AUTH_TOKEN": SecretValue("tok3n-value")}))
+    assert "tok3n-value" not in repr(settings)
