@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import select
 import signal
 import sys
+from typing import Any
 
 from provider.errors import ConfigError, ProviderError
 from provider.wasmcloud import logs
@@ -23,6 +25,31 @@ STDIN_TIMEOUT = 5.0
 """Seconds to wait for HostData, as the Go SDK does."""
 
 log = logging.getLogger("provider")
+loop_log = logging.getLogger("provider.loop")
+loop_log.addFilter(logs.RateLimiter(burst=1, interval=10.0))  # accept() failing per connection: once per 10 s
+
+MAX_OPEN_FILES = 1 << 20
+
+
+def raise_open_file_limit() -> None:
+    """Raise the soft ``RLIMIT_NOFILE`` to the hard limit, so ``MAX_CONNECTIONS=10000`` can be reached
+    (the soft limit is often 1024); say what it is either way."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = MAX_OPEN_FILES if hard == resource.RLIM_INFINITY else min(hard, MAX_OPEN_FILES)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("open files: could not raise the limit from %d to %d: %s", soft, target, exc)
+            return
+        log.info("open files: raised the soft limit from %d to %d (the hard limit)", soft, target)
+    else:
+        log.info("open files: the limit is %d", soft)
+
+
+def _on_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """asyncio's errors (accept() out of file descriptors…), rate-limited rather than one per event."""
+    loop_log.error("event loop: %s", context.get("message", "error"), exc_info=context.get("exception"))
 
 
 def read_host_data(timeout: float = STDIN_TIMEOUT) -> HostData:
@@ -37,6 +64,7 @@ async def serve(host_data: HostData) -> None:
     """Run the provider until shutdown; SIGTERM and SIGINT stop it the same way."""
     runtime = ProviderRuntime(host_data, WebSocketProvider())
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(_on_loop_error)
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, runtime.stop)
     await runtime.run()
@@ -49,6 +77,7 @@ def main() -> None:
         print(f"wasmcloud-ws-provider: {exc}", file=sys.stderr)
         sys.exit(2)
     logs.configure(host_data.log_level, structured=host_data.structured_logging)
+    raise_open_file_limit()
     try:
         asyncio.run(serve(host_data))
     except ProviderError as exc:

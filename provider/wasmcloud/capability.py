@@ -8,7 +8,7 @@ through the :class:`ProviderContext` the runtime gives it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from provider.wasmcloud.config import Config
 from provider.wasmcloud.hostdata import HostData
@@ -81,3 +81,15 @@ class Capability(Protocol):
     async def request(self, link: Link, params: RequestParams) -> MessageResult:
         """``consumer.request`` from the component at the other end of ``link``."""
         ...
+
+
+@runtime_checkable
+class ReplacesLinks(Protocol):
+    """A capability that can apply a changed link in place (else the runtime deletes and puts it)."""
+
+    async def replace_link(self, previous: Link, link: Link) -> None:
+        """Apply ``link`` instead of ``previous`` (same key, other config).
+
+        Raise :class:`~provider.errors.ConfigError` to reject it; then neither stays applied,
+        as after a delete and a rejected put.
+        """

@@ -83,7 +83,7 @@ class Config(Mapping[str, str]):
 
     def __init__(
         self,
-        *layers: Mapping[str, str] | Mapping[str, SecretValue],
+        *layers: Mapping[str, str] | Mapping[str, SecretValue] | Mapping[str, str | SecretValue],
     ) -> None:
         values: dict[str, str] = {}
         names: dict[str, str] = {}
@@ -101,6 +101,18 @@ class Config(Mapping[str, str]):
         self._values = values
         self._names = names
         self._secret = frozenset(secret)
+
+    @classmethod
+    def layered(cls, *configs: Config) -> Config:
+        """``configs`` merged in order (a later one wins a key), values from secrets still secret."""
+        layers = [
+            {
+                c._names[key]: SecretValue(value) if key in c._secret else value
+                for key, value in c._values.items()
+            }
+            for c in configs
+        ]
+        return cls(*layers)
 
     def __getitem__(self, key: str) -> str:
         return self._values[key.upper()]
@@ -121,6 +133,10 @@ class Config(Mapping[str, str]):
     def is_secret(self, key: str) -> bool:
         """Whether the value of ``key`` came from a secret (and must not be shown)."""
         return key.upper() in self._secret
+
+    def secret_values(self) -> list[str]:
+        """The values that came from secrets (for the log's redactor)."""
+        return [self._values[key] for key in self._secret]
 
     def shown(self, key: str) -> str:
         """The value of ``key`` fit for a log line: secrets are redacted."""

@@ -72,6 +72,39 @@ class LinkDefinition:
         }
 
 
+def check_interfaces(
+    definition: LinkDefinition, role: Role, *, exports: frozenset[str], imports: frozenset[str]
+) -> None:
+    """Refuse a link whose interfaces cannot be right for a provider that ``exports`` (components
+    call them: the provider is the link's target) and ``imports`` (the provider calls them on
+    components: it is the source), saying which way each must go. Raises :class:`ConfigError`."""
+    package = f"{definition.wit_namespace}:{definition.wit_package}"
+    if not definition.interfaces:
+        raise ConfigError(f"the link names no {package} interface")
+    known = exports | imports
+    for interface in definition.interfaces:
+        if interface not in known:
+            raise ConfigError(
+                f"{package}/{interface} is not an interface of this provider: "
+                + ", ".join(
+                    [f"{i} (component → provider)" for i in sorted(exports)]
+                    + [f"{i} (provider → component)" for i in sorted(imports)]
+                )
+            )
+        if role is Role.TARGET and interface in imports:
+            raise ConfigError(
+                f"a {interface} link goes from the provider to the component (source: the provider, "
+                f"target: the component), but this one points into the provider; the provider calls "
+                f"{package}/{interface} on components"
+            )
+        if role is Role.SOURCE and interface in exports:
+            raise ConfigError(
+                f"a {interface} link goes from the component to the provider (source: the component, "
+                f"target: the provider), but this one points out of the provider; components call "
+                f"{package}/{interface} on the provider"
+            )
+
+
 def _required_str(raw: Mapping[str, Any], key: str) -> str:
     value = raw.get(key)
     if not isinstance(value, str) or not value:
@@ -126,11 +159,17 @@ def decode_link_definition(payload: bytes) -> LinkDefinition:
 
 @dataclass(frozen=True)
 class Link:
-    """A link as the provider uses it: its role, the other side, and its effective config."""
+    """A link as the provider uses it: its role, the other side, and its effective config.
+
+    ``config`` is everything the link sees (provider defaults under the link's own values);
+    ``own`` is only what the link itself sets (its side's config and secrets), for when two
+    links share one resource and neither may undo what the other set.
+    """
 
     definition: LinkDefinition
     role: Role
     config: Config
+    own: Config = field(default_factory=Config)
 
     @property
     def key(self) -> LinkKey:
@@ -154,6 +193,7 @@ class Link:
             and a.key == b.key
             and a.interfaces == b.interfaces
             and self.config == other.config
+            and self.own == other.own
         )
 
 
@@ -184,8 +224,9 @@ class LinkResolver:
             own_config, sealed = definition.source_config, definition.source_secrets
         else:
             own_config, sealed = definition.target_config, definition.target_secrets
-        config = Config(self.provider_config, self.provider_secrets, own_config, self.open_secrets(sealed))
-        return Link(definition, role, config)
+        own_secrets = self.open_secrets(sealed)
+        config = Config(self.provider_config, self.provider_secrets, own_config, own_secrets)
+        return Link(definition, role, config, Config(own_config, own_secrets))
 
     def open_secrets(self, sealed: bytes | None) -> dict[str, SecretValue]:
         """Open an ``xkv1`` box of link secrets (JSON ``{"name": SecretValue}``)."""

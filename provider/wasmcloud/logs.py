@@ -1,13 +1,24 @@
 """Logging as HostData asks for it: stderr, at ``log_level``, JSON lines when ``structured_logging``.
 
-stderr is inherited from the host, so provider logs show in the host's output.
+stderr is inherited from the host, so provider logs show in the host's output. Two filters
+sit on the one handler, so they hold for every record, the libraries' included:
+
+* :class:`Redactor`: no credential reaches the log at any level. websockets' debug logging
+  prints request lines and headers (``Authorization``, ``?token=``); those are masked, and so
+  is every secret value the provider was given (:func:`redact`).
+* :class:`RateLimiter`: a message that repeats (one template, any arguments) is written at
+  most ``burst`` times per ``interval``; the next one written says how many were held back.
+  A flood of bad frames, refused handshakes or ``accept()`` errors cannot flood the log.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
+import threading
+import time
 from datetime import UTC, datetime
 from typing import TextIO
 
@@ -23,6 +34,91 @@ LEVELS = {
     "critical": logging.CRITICAL,
 }
 
+REDACTED = "<redacted>"
+MIN_SECRET_LENGTH = 4
+"""Secret values shorter than this are not searched for (they would mask ordinary words)."""
+
+_CREDENTIALS = re.compile(
+    r"(?i)(?P<head>(?:authorization|proxy-authorization|cookie|set-cookie)\s*[:=]\s*)[^\r\n]+"
+    r"|(?P<query>[?&](?:token|access_token|auth|password)=)[^&\s'\"]*"
+)
+
+
+class Redactor(logging.Filter):
+    """Masks credentials in every record: header values, token query parameters, known secrets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._secrets: set[str] = set()
+        self._lock = threading.Lock()
+
+    def add(self, *values: str) -> None:
+        with self._lock:
+            self._secrets.update(v for v in values if len(v) >= MIN_SECRET_LENGTH)
+
+    def scrub(self, text: str) -> str:
+        text = _CREDENTIALS.sub(
+            lambda m: (m.group("head") or m.group("query")) + REDACTED,
+            text,
+        )
+        with self._lock:
+            secrets = sorted(self._secrets, key=len, reverse=True)
+        for value in secrets:
+            if value in text:
+                text = text.replace(value, REDACTED)
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        scrubbed = self.scrub(message)
+        if scrubbed != message:
+            record.msg, record.args = scrubbed, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.scrub(logging.Formatter().formatException(record.exc_info))
+        return True
+
+
+class RateLimiter(logging.Filter):
+    """At most ``burst`` records of one message template per ``interval`` seconds."""
+
+    MAX_KEYS = 4096
+
+    def __init__(self, burst: int = 20, interval: float = 10.0) -> None:
+        super().__init__()
+        self.burst = burst
+        self.interval = interval
+        self._windows: dict[tuple[str, int, str], list[float | int]] = {}  # key → [start, written, held]
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, record.levelno, str(record.msg))
+        now = time.monotonic()
+        with self._lock:
+            window = self._windows.get(key)
+            if window is None:
+                if len(self._windows) >= self.MAX_KEYS:
+                    self._windows.clear()
+                window = self._windows[key] = [now, 0, 0]
+            held = 0
+            if now - window[0] >= self.interval:
+                held = int(window[2])
+                window[:] = [now, 0, 0]
+            if window[1] >= self.burst:
+                window[2] += 1
+                return False
+            window[1] += 1
+        if held:
+            record.msg, record.args = f"{record.getMessage()} ({held} more like this held back)", None
+        return True
+
+
+_redactor = Redactor()
+
+
+def redact(*values: str) -> None:
+    """Never write these values (secrets, tokens, seeds) to the log, whoever logs them."""
+    _redactor.add(*values)
+
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: timestamp, level, target (logger), message, and the exception if any."""
@@ -35,17 +131,19 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            entry["exception"] = record.exc_text or self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
 
 
 def configure(level: str, *, structured: bool, stream: TextIO | None = None) -> None:
-    """Send every log record at ``level`` or above to ``stream`` (stderr)."""
+    """Send every log record at ``level`` or above to ``stream`` (stderr), redacted and rate-limited."""
     handler = logging.StreamHandler(stream or sys.stderr)
     if structured:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RateLimiter())  # first: it keys on the template, before anything is formatted
+    handler.addFilter(_redactor)
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

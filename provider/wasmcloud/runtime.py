@@ -23,7 +23,8 @@ from typing import Any, TypeVar
 from nats.aio.msg import Msg
 
 from provider.errors import ConfigError, ProviderError
-from provider.wasmcloud.capability import Capability, Health
+from provider.wasmcloud import logs
+from provider.wasmcloud.capability import Capability, Health, ReplacesLinks
 from provider.wasmcloud.config import Config, parse_string_map
 from provider.wasmcloud.hostdata import HostData
 from provider.wasmcloud.links import (
@@ -32,6 +33,7 @@ from provider.wasmcloud.links import (
     LinkResolver,
     LinkTable,
     PutOutcome,
+    check_interfaces,
     decode_link_definition,
 )
 from provider.wasmcloud.subjects import ControlSubjects
@@ -56,6 +58,10 @@ log = logging.getLogger("provider.runtime")
 ResultT = TypeVar("ResultT", UnitResult, MessageResult)
 
 MESSAGING = ("wasmcloud", "messaging")
+EXPORTS = frozenset({"consumer"})
+"""The messaging interfaces components call on the provider (it is the link's target)."""
+IMPORTS = frozenset({"handler"})
+"""The messaging interfaces the provider calls on components (it is the link's source)."""
 HANDLE_MESSAGE_TIMEOUT = 10.0
 """Seconds a component has to answer ``handle-message`` (the Rust SDK's client default)."""
 SHUTDOWN_BUDGET = 0.2
@@ -153,6 +159,12 @@ class ProviderRuntime:
             host_xkey_public=host_data.host_xkey_public_key,
         )
         self._config = Config(host_data.config, host_data.secrets)
+        logs.redact(
+            host_data.lattice_rpc_user_jwt,
+            host_data.lattice_rpc_user_seed,
+            host_data.provider_xkey_private_key,
+            *self._config.secret_values(),
+        )
         self._subjects = ControlSubjects.for_provider(
             host_data.lattice, host_data.provider_key, self._xkey.public if self._xkey else None
         )
@@ -284,7 +296,9 @@ class ProviderRuntime:
             log.warning("ignored a link for an interface this provider lacks: %s", definition.describe())
             return
         try:
+            check_interfaces(definition, role, exports=EXPORTS, imports=IMPORTS)
             link = self._resolver.resolve(definition, role)
+            logs.redact(*link.own.secret_values())
         except ConfigError as exc:
             log.error("rejected link %s: %s", definition.describe(), exc)
             return
@@ -293,20 +307,34 @@ class ProviderRuntime:
             log.debug("ignored a duplicate put of link %s", definition.describe())
             return
         if outcome is PutOutcome.CHANGED:
-            previous = self.links.remove(link.key)
+            previous = self.links.get(link.key)
             assert previous is not None
             log.info("link %s changed: re-applying it", definition.describe())
-            await self._capability.delete_link(previous)
+            await self._reapply(previous, link)
+            return
         await self._apply(link)
 
-    async def _apply(self, link: Link) -> None:
+    async def _apply(self, link: Link, previous: Link | None = None) -> None:
+        """Put ``link`` (in place of ``previous``, if given); record it unless it is rejected."""
         try:
-            await self._capability.put_link(link)
+            if previous is not None and isinstance(self._capability, ReplacesLinks):
+                await self._capability.replace_link(previous, link)
+            else:
+                await self._capability.put_link(link)
         except ConfigError as exc:
             log.error("rejected link %s: %s", link.definition.describe(), exc)
             return
         self.links.record(link)
         log.info("put link %s as %s", link.definition.describe(), link.role.value)
+
+    async def _reapply(self, previous: Link, link: Link) -> None:
+        """A changed link: replaced in place if the capability can, else deleted and put whole."""
+        self.links.remove(previous.key)
+        if not isinstance(self._capability, ReplacesLinks):
+            await self._capability.delete_link(previous)
+            await self._apply(link)
+        else:
+            await self._apply(link, previous)
 
     async def _delete(self, definition: LinkDefinition) -> None:
         link = self.links.remove(definition.key)
@@ -330,9 +358,7 @@ class ProviderRuntime:
             updated = self._resolver.resolve(link.definition, link.role)
             if not updated.same_as(link):
                 log.info("link %s: effective config changed, re-applying", link.definition.describe())
-                self.links.remove(link.key)
-                await self._capability.delete_link(link)
-                await self._apply(updated)
+                await self._reapply(link, updated)
 
     async def _on_health(self, msg: Msg) -> None:
         if not self._ready:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +20,10 @@ from provider.wasmcloud.links import (
     LinkTable,
     PutOutcome,
     Role,
+    check_interfaces,
     decode_link_definition,
 )
+from provider.wasmcloud.logs import RateLimiter, Redactor
 from provider.wasmcloud.subjects import ControlSubjects
 from provider.wasmcloud.xkeys import XKey, decode_public, decode_seed
 
@@ -316,3 +320,88 @@ def test_host_data_has_xkeys_only_with_both() -> None:
     """Old hosts send neither key; both are needed for the xkey subject."""
     assert not HostData("p", host_xkey_public_key="X").has_xkeys
     assert HostData("p", host_xkey_public_key="X", provider_xkey_private_key="S").has_xkeys
+
+
+# --- links that cannot be right, layered configs, the log's filters (issue 10) ------------------------
+
+
+EXPORTS, IMPORTS = frozenset({"consumer"}), frozenset({"handler"})
+
+
+@pytest.mark.parametrize(
+    ("interfaces", "role", "message"),
+    [
+        (("handler",), Role.TARGET, "a handler link goes from the provider to the component"),
+        (("consumer",), Role.SOURCE, "a consumer link goes from the component to the provider"),
+        (("consumer", "handler"), Role.TARGET, "points into the provider"),
+        (("publisher",), Role.TARGET, "wasmcloud:messaging/publisher is not an interface of this provider"),
+        ((), Role.TARGET, "names no wasmcloud:messaging interface"),
+    ],
+)
+def test_links_that_cannot_be_right_say_which_way_they_must_go(
+    interfaces: tuple[str, ...], role: Role, message: str
+) -> None:
+    definition = LinkDefinition("a", "b", "wasmcloud", "messaging", interfaces)
+    with pytest.raises(ConfigError, match=message):
+        check_interfaces(definition, role, exports=EXPORTS, imports=IMPORTS)
+
+
+def test_links_the_right_way_pass() -> None:
+    check_interfaces(
+        LinkDefinition("c", "p", "wasmcloud", "messaging", ("consumer",)),
+        Role.TARGET,
+        exports=EXPORTS,
+        imports=IMPORTS,
+    )
+    check_interfaces(
+        LinkDefinition("p", "c", "wasmcloud", "messaging", ("handler",)),
+        Role.SOURCE,
+        exports=EXPORTS,
+        imports=IMPORTS,
+    )
+
+
+def test_layered_configs_keep_secrets_secret_and_later_layers_win() -> None:
+    provider = Config({"FORMAT": "json", "x": "1"})
+    first = Config({"AUTH_TOKEN": "plain"}, {"AUTH_TOKEN": SecretValue("s3cret")})
+    second = Config({"x": "2"})
+    merged = Config.layered(provider, first, second)
+    assert dict(merged) == {"FORMAT": "json", "X": "2", "AUTH_TOKEN": "s3cret"}
+    assert merged.is_secret("auth_token")
+    assert merged.spelled("x") == "x"
+    assert "s3cret" not in repr(merged)
+    assert merged.secret_values() == ["s3cret"]
+
+
+def test_the_redactor_masks_credentials_and_secrets() -> None:
+    """Headers and query tokens as websockets logs them at debug, and every registered secret."""
+    redactor = Redactor()
+    redactor.add("registered-s3cret", "abc")  # too short to search for
+    assert redactor.scrub("< Authorization: Bearer xyz123") == "< Authorization: <redacted>"
+    assert redactor.scrub("> authorization: Basic Zm9v") == "> authorization: <redacted>"
+    assert redactor.scrub("< GET /ws?token=t0k&x=1 HTTP/1.1") == "< GET /ws?token=<redacted>&x=1 HTTP/1.1"
+    assert redactor.scrub("GET /ws?a=1&token=zz HTTP/1.1") == "GET /ws?a=1&token=<redacted> HTTP/1.1"
+    assert redactor.scrub("value registered-s3cret!") == "value <redacted>!"
+    assert redactor.scrub("abc stays") == "abc stays"
+
+
+def test_the_redactor_filters_records_with_arguments() -> None:
+    redactor = Redactor()
+    record = logging.LogRecord("x", logging.DEBUG, "f", 1, "< %s: %s", ("Authorization", "Bearer t"), None)
+    assert redactor.filter(record)
+    assert record.getMessage() == "< Authorization: <redacted>"
+
+
+def test_the_rate_limiter_writes_a_burst_then_holds_back_and_says_how_many() -> None:
+    limiter = RateLimiter(burst=2, interval=0.05)
+
+    def record(arg: int) -> logging.LogRecord:
+        return logging.LogRecord("x", logging.WARNING, "f", 1, "dropped %d", (arg,), None)
+
+    assert [limiter.filter(record(i)) for i in range(5)] == [True, True, False, False, False]
+    other = logging.LogRecord("x", logging.WARNING, "f", 1, "another message", None, None)
+    assert limiter.filter(other)  # a different template has its own budget
+    time.sleep(0.06)  # the window is measured in time: let it pass
+    later = record(9)
+    assert limiter.filter(later)
+    assert later.getMessage() == "dropped 9 (3 more like this held back)"
