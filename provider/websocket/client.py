@@ -5,7 +5,8 @@ The connection is opened when the first of the component's two client-mode links
 and closed (1000) when the last one goes. It reconnects with exponential backoff and
 jitter (:func:`backoff`); the backoff starts over once a connection has stayed up for
 ``RECONNECT_MAX_MS``. Its id, and so its reply subject ``ws.conn.<id>``, stays the same
-across reconnects.
+across reconnects and config changes (:meth:`Connection.reconfigure` reconnects with new
+settings in place).
 
 Reading never waits for the component except when the backlog is full: answers to
 ``request`` are matched as they arrive, and other frames queue (at most
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import random
 import ssl
@@ -29,21 +31,32 @@ from provider.websocket import formats
 from provider.websocket.config import ClientSettings
 from provider.websocket.formats import Envelope, Format, Frame
 from provider.websocket.peer import (
+    DROP_BAD_FRAME,
+    DROP_LATE_ANSWER,
+    DROP_NO_HANDLER,
+    DROP_UNDELIVERED,
+    KEEPALIVE_TIMEOUT,
     Counters,
     Deliver,
     DeliveryWindow,
+    Liveness,
     SendError,
     client_tls,
+    close_key,
+    closed_by_us,
     deliver_to,
+    keepalive,
     send_frame,
 )
-from provider.websocket.subjects import REQUEST, connection_subject, new_id
+from provider.websocket.subjects import REQUEST, FrameType, connection_subject, new_id
 from provider.wrpc.codec import Err, Ok
 from provider.wrpc.messaging import BrokerMessage, MessageResult
 
 log = logging.getLogger("provider.websocket.client")
 
 CLOSE_TIMEOUT = 2.0
+PING_TIMEOUT = 20.0
+"""Seconds a keepalive pong may take (websockets' default), counted only while the provider reads."""
 DEFAULT_REQUEST_TIMEOUT_MS = 10_000
 DELIVERY_BACKLOG = 32
 """Frames read ahead of the component's ``handle-message`` calls. Beyond it reading pauses (the
@@ -85,9 +98,14 @@ class Connection:
     """
 
     def __init__(
-        self, component: str, settings: ClientSettings, deliver: Deliver, counters: Counters
+        self,
+        component: str,
+        settings: ClientSettings,
+        deliver: Deliver,
+        counters: Counters,
+        connection_id: str | None = None,
     ) -> None:
-        self.id = new_id()
+        self.id = connection_id or new_id()
         self.component = component
         self.settings = settings
         self.has_handler = False
@@ -101,7 +119,8 @@ class Connection:
         self._ws: ClientConnection | None = None
         self._changed = asyncio.Condition()  # notified when the connection opens, gives up or closes
         self._stopped: str | None = None  # why sending is over for good (gave up, link deleted)
-        self._close_reason = "link deleted"
+        self._close_reason = "link deleted"  # the reason of the close frame when the run loop is cancelled
+        self._liveness = Liveness()
         self._pending: dict[str, asyncio.Future[Envelope]] = {}  # correlation subject → its answer
         self._sent_on: dict[str, ClientConnection] = {}  # correlation subject → where it was sent
         self._backlog: asyncio.Queue[BrokerMessage] = asyncio.Queue(DELIVERY_BACKLOG)
@@ -143,7 +162,7 @@ class Connection:
         self._fail_pending(f"{self._stopped} while the request waited")
         undelivered = self._backlog.qsize() + self._in_hand
         if undelivered:
-            self._counters.dropped_inbound += undelivered
+            self._counters.drops[DROP_UNDELIVERED] += undelivered
             log.warning(
                 "%s: %d frame(s) from %s not delivered: %s",
                 self.component,
@@ -151,6 +170,24 @@ class Connection:
                 self.settings.where,
                 self._stopped,
             )
+
+    async def reconfigure(self, settings: ClientSettings) -> bool:
+        """Reconnect with ``settings`` (same id, same reply subject); ``False`` if nothing changed.
+
+        Raises :class:`~provider.errors.ConfigError` (a bad ``TLS_CA``) before anything changes.
+        Requests in flight on the old connection fail; frames already read are still delivered.
+        """
+        if settings == self.settings or self._stopped is not None:
+            return False
+        tls = client_tls(settings.tls_ca) if settings.secure else None
+        if self._task is not None:
+            self._close_reason = "link config changed"
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self.settings, self._tls = settings, tls
+        self._close_reason = "link deleted"
+        self._task = asyncio.create_task(self._run(), name=f"ws-client {settings.where}")
+        return True
 
     async def _notify(self) -> None:
         async with self._changed:
@@ -174,7 +211,7 @@ class Connection:
             additional_headers=headers,
             subprotocols=list(s.subprotocols) or None,  # type: ignore[arg-type]  # Subprotocol is a str
             open_timeout=s.connect_timeout,
-            ping_interval=s.ping_interval,
+            ping_interval=None,  # the provider's own keepalive (see peer.keepalive)
             close_timeout=CLOSE_TIMEOUT,
             max_size=s.max_message_bytes,
             compression=None,
@@ -210,22 +247,61 @@ class Connection:
             self._ws = ws
             self.state = State.OPEN
             log.info("%s: connected to %s", self.component, s.where)
+            pinger = (
+                asyncio.create_task(
+                    keepalive(
+                        ws,
+                        s.ping_interval,
+                        PING_TIMEOUT,
+                        self._liveness,
+                        functools.partial(self._timed_out, ws),
+                    )
+                )
+                if s.ping_interval
+                else None
+            )
             try:
                 await self._notify()
                 await self._read(ws)
+            except asyncio.CancelledError:  # close() or reconfigure(): say goodbye properly
+                await ws.close(1000, self._close_reason)
+                raise
             except Exception:  # a bug here must not end reconnecting for good
                 log.exception("%s: reading from %s failed", self.component, s.where)
                 await ws.close(1011, "provider error")
             finally:
                 self._ws = None
-                if self._stopped is not None:  # close(): this runs while being cancelled
-                    await ws.close(1000, self._close_reason)
-            self.last_error = f"closed ({ws.close_code} {ws.close_reason or ''})".replace(" )", ")")
-            # The server cannot answer on a later connection what it was asked on this one.
-            self._fail_pending(f"the connection to {s.where} {self.last_error} before the answer came", ws)
+                self._liveness.busy = False
+                if pinger is not None:
+                    pinger.cancel()
+                self._count_close(ws)
+                self.last_error = f"closed ({ws.close_code} {ws.close_reason or ''})".replace(" )", ")")
+                # The server cannot answer on a later connection what it was asked on this one.
+                self._fail_pending(
+                    f"the connection to {s.where} {self.last_error} before the answer came", ws
+                )
             # A connection that stayed up resets the backoff; one that dropped at once keeps it growing.
             step = 1 if loop.time() - opened >= s.reconnect_max else step + 1
             await self._wait("connection to %s %s; reconnecting in %.2fs", step)
+
+    async def _timed_out(self, ws: ClientConnection) -> None:
+        """No pong while the provider was reading: the server is gone; close, then reconnect."""
+        await ws.close(1011, KEEPALIVE_TIMEOUT)
+
+    def _count_close(self, ws: ClientConnection) -> None:
+        ours = closed_by_us(ws)
+        if ours is None:
+            return
+        code, reason = ours
+        label = KEEPALIVE_TIMEOUT if reason == KEEPALIVE_TIMEOUT else None
+        self._counters.closes[close_key(code, label)] += 1
+        log.info(
+            "%s: the provider closed its connection to %s: %d %s",
+            self.component,
+            self.settings.where,
+            code,
+            reason,
+        )
 
     async def _wait(self, message: str, step: int) -> None:
         s = self.settings
@@ -250,8 +326,10 @@ class Connection:
         await self._notify()
 
     async def _read(self, ws: ClientConnection) -> None:
+        liveness = self._liveness
         try:
             async for frame in ws:
+                liveness.frames += 1
                 message = self._inbound(ws, frame)
                 if message is not None:
                     await self._enqueue(message)
@@ -259,11 +337,17 @@ class Connection:
             pass
 
     async def _enqueue(self, message: BrokerMessage) -> None:
+        if not self._backlog.full():
+            self._backlog.put_nowait(message)
+            return
+        self._liveness.busy = True  # the backlog is full: the provider itself stops reading
         try:
             await self._backlog.put(message)
         except asyncio.CancelledError:
             self._in_hand += 1  # closed while the backlog was full: count it with the backlog
             raise
+        finally:
+            self._liveness.busy = False
 
     def _inbound(self, ws: ClientConnection, frame: Frame) -> BrokerMessage | None:
         """Match an answer to its request, or make the message to deliver; ``None`` if there is none."""
@@ -272,7 +356,7 @@ class Connection:
         try:
             envelope = formats.decode(s.format, frame, s.subject)
         except formats.FrameError as exc:
-            self._counters.bad_frames += 1
+            self._counters.drops[DROP_BAD_FRAME] += 1
             log.warning("%s: ignored a frame from %s: %s", self.component, s.where, exc)
             error = formats.error_frame(s.format, str(exc))
             if error is not None:
@@ -287,7 +371,7 @@ class Connection:
                 waiter.set_result(envelope)
             return None
         if envelope.subject.startswith(REQUEST):
-            self._counters.dropped_inbound += 1
+            self._counters.drops[DROP_LATE_ANSWER] += 1
             log.warning(
                 "%s: dropped an answer on %r from %s: its request is over (timed out)",
                 self.component,
@@ -296,7 +380,7 @@ class Connection:
             )
             return None
         if not self.has_handler:
-            self._counters.dropped_inbound += 1
+            self._counters.drops[DROP_NO_HANDLER] += 1
             log.warning(
                 "%s: dropped a frame on %r from %s: no handler link (MODE=client) delivers it",
                 self.component,
@@ -304,7 +388,12 @@ class Connection:
                 s.where,
             )
             return None
-        return BrokerMessage(envelope.subject, envelope.body, connection_subject(self.id, envelope.reply_to))
+        if s.format is Format.RAW:  # no envelope: the suffix is the frame type, so an echo keeps it
+            binary = isinstance(frame, bytes)
+            reply_to = connection_subject(self.id, FrameType.BINARY.value if binary else None)
+        else:
+            reply_to = connection_subject(self.id, envelope.reply_to)
+        return BrokerMessage(envelope.subject, envelope.body, reply_to)
 
     async def _deliver_backlog(self) -> None:
         """Deliver queued frames in the order they came in, across reconnects."""
@@ -323,16 +412,18 @@ class Connection:
 
     # -- from the component ----------------------------------------------------------------------------
 
-    async def send(self, envelope: Envelope) -> ClientConnection:
+    async def send(self, envelope: Envelope, frame_type: FrameType | None = None) -> ClientConnection:
         """Send on the connection, waiting up to ``CONNECT_TIMEOUT_SEC`` for it; the connection used.
 
-        Raises :class:`SendError`.
+        Raises :class:`SendError`, or :class:`~provider.websocket.formats.FrameError` for a frame
+        type the format cannot send.
         """
+        frame = formats.encode(self.settings.format, envelope, frame_type)
         ws = self._ws
         if ws is None or ws.protocol.state is not Protocol.OPEN:
             # Closing but not yet seen by the reader counts as disconnected: wait for the next one.
             ws = await self._wait_open(stale=ws)
-        send_frame(ws, formats.encode(self.settings.format, envelope), self.settings.send_queue_limit)
+        send_frame(ws, frame, self.settings.send_queue_limit)
         self._counters.frames_out += 1
         return ws
 

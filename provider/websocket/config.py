@@ -90,6 +90,17 @@ def _enum(kind: type[E]) -> Callable[[str], E]:
     return convert
 
 
+def _credential(config: Config, key: str) -> str | None:
+    """A token, key or certificate: ``None`` if the key is absent, an error if it is present but
+    empty, so that a secret that resolved to nothing fails closed instead of turning auth off."""
+    if key not in config:
+        return None
+    value = config[key]
+    if not value.strip():
+        raise ConfigError(f"{key} is set but empty: give it a value, or remove the key to go without it")
+    return value
+
+
 def _list(config: Config, key: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in config.get(key, "").split(",") if p.strip())
 
@@ -153,7 +164,7 @@ class ServerSettings:
     path: str = "/ws"
     format: Format = Format.JSON
     subject: str = "ws.message"
-    auth_token: str | None = None
+    auth_token: str | None = field(default=None, repr=False)
     allowed_origins: tuple[str, ...] = ()
     max_connections: int = 10_000
     max_message_bytes: int = MIB
@@ -162,8 +173,8 @@ class ServerSettings:
     send_queue_limit: int = MIB
     rate_limit: float = 0.0
     delivery_window: int = 1
-    tls_cert: str | None = None
-    tls_key: str | None = None
+    tls_cert: str | None = field(default=None, repr=False)
+    tls_key: str | None = field(default=None, repr=False)
     compression: bool = False
     static_dir: str | None = None
 
@@ -192,7 +203,7 @@ def server_settings(config: Config) -> ServerSettings:
         raise _bad(config, "PATH", "must start with /")
     ping = _seconds(config, "PING_INTERVAL_SEC", 20.0, 0, 3600)
     ping_timeout = _seconds(config, "PING_TIMEOUT_SEC", 20.0, 0, 3600)
-    cert, key = config.get("TLS_CERT") or None, config.get("TLS_KEY") or None
+    cert, key = _credential(config, "TLS_CERT"), _credential(config, "TLS_KEY")
     if (cert is None) != (key is None):
         raise ConfigError("TLS_CERT and TLS_KEY must be given together (both PEM text or file paths)")
     compression = _get(config, "COMPRESSION", False, _compression, "must be off or deflate")
@@ -202,7 +213,7 @@ def server_settings(config: Config) -> ServerSettings:
         path=path,
         format=_format(config),
         subject=config.get("SUBJECT", "").strip() or "ws.message",
-        auth_token=config.get("AUTH_TOKEN") or None,
+        auth_token=_credential(config, "AUTH_TOKEN"),
         allowed_origins=_list(config, "ALLOWED_ORIGINS"),
         max_connections=_int(config, "MAX_CONNECTIONS", 10_000, 1, 1_000_000),
         max_message_bytes=_int(config, "MAX_MESSAGE_BYTES", MIB, 1, 64 * MIB),
@@ -336,7 +347,7 @@ def client_settings(config: Config) -> ClientSettings:
     reconnect_max = _int(config, "RECONNECT_MAX_MS", 30_000, 1, 3_600_000) / 1000
     if reconnect_max < reconnect_min:
         raise _bad(config, "RECONNECT_MAX_MS", "must not be below RECONNECT_MIN_MS")
-    token = config.get("AUTH_TOKEN") or None
+    token = _credential(config, "AUTH_TOKEN")
     if token is not None and not _is_field_value(token):
         raise _bad(config, "AUTH_TOKEN", "cannot hold control characters such as CR or LF")
     subprotocols = _list(config, "SUBPROTOCOLS")
@@ -354,7 +365,7 @@ def client_settings(config: Config) -> ClientSettings:
         reconnect_max=reconnect_max,
         max_reconnect_attempts=_int(config, "MAX_RECONNECT_ATTEMPTS", 0, 0, 1_000_000),
         ping_interval=ping or None,
-        tls_ca=config.get("TLS_CA") or None,
+        tls_ca=_credential(config, "TLS_CA"),
         format=_format(config),
         subject=config.get("SUBJECT", "").strip() or "ws.message",
         max_message_bytes=_int(config, "MAX_MESSAGE_BYTES", MIB, 1, 64 * MIB),

@@ -1,19 +1,21 @@
 """What server sessions and client connections share: bounded sending, ordered delivery with a
-window, rate limiting, TLS material, and the provider's counters. I/O.
+window, keepalive, rate limiting, TLS material, and the provider's counters. I/O.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import ssl
 import tempfile
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from websockets.asyncio.connection import Connection, broadcast
+from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
 from provider.errors import ConfigError, WrpcError
@@ -27,23 +29,39 @@ Deliver = Callable[[str, BrokerMessage], Awaitable[UnitResult]]
 """Invoke ``handle-message`` on a component: the runtime's ``ProviderContext.handle_message``."""
 
 
+# Why a frame was dropped (the keys of Counters.drops).
+DROP_BAD_FRAME = "bad frame"
+DROP_RESERVED = "reserved subject"
+DROP_UNROUTED = "no subscriber"
+DROP_NO_HANDLER = "no handler link"
+DROP_LATE_ANSWER = "late answer"
+DROP_UNDELIVERED = "undelivered at close"
+
+
 @dataclass
 class Counters:
-    """What the provider counts; shown in health answers and logs."""
+    """What the provider counts; health answers show all of it (:meth:`summary`)."""
 
     frames_in: int = 0
     frames_out: int = 0
     delivered: int = 0
     component_errors: int = 0
     delivery_failures: int = 0
-    bad_frames: int = 0
-    unrouted_frames: int = 0
-    send_overflows: int = 0
     publish_errors: int = 0
-    dropped_inbound: int = 0
+    drops: collections.Counter[str] = field(default_factory=collections.Counter)
+    """Frames received but not delivered, by reason (``DROP_*``)."""
+    closes: collections.Counter[str] = field(default_factory=collections.Counter)
+    """Connections the provider closed, by ``"<code> <reason>"``."""
 
-    def as_dict(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+    def summary(self) -> str:
+        """One line for the health message: every counter, drops and closes by reason."""
+        drops = ", ".join(f"{reason} {n}" for reason, n in sorted(self.drops.items())) or "none"
+        closes = ", ".join(f"{reason} {n}" for reason, n in sorted(self.closes.items())) or "none"
+        return (
+            f"frames in {self.frames_in}, out {self.frames_out}; delivered {self.delivered}, "
+            f"component errors {self.component_errors}, delivery failures {self.delivery_failures}; "
+            f"publish errors {self.publish_errors}; dropped: {drops}; closed by the provider: {closes}"
+        )
 
 
 class SendError(Exception):
@@ -64,6 +82,47 @@ def send_frame(ws: Connection, frame: Frame, limit: int) -> None:
     broadcast([ws], frame)
 
 
+MAX_CLOSE_REASON = 123
+"""Bytes a close reason may have: a control frame carries 125, two of them the code (RFC 6455 §5.5)."""
+
+
+def close_reason(reason: str) -> str:
+    """``reason`` cut to :data:`MAX_CLOSE_REASON` UTF-8 bytes, never inside a character."""
+    data = reason.encode("utf-8", errors="replace")
+    if len(data) <= MAX_CLOSE_REASON:
+        return reason
+    return data[:MAX_CLOSE_REASON].decode("utf-8", errors="ignore")
+
+
+_CODE_NAMES = {
+    1000: "normal closure",
+    1001: "going away",
+    1002: "protocol error",
+    1003: "unsupported data",
+    1007: "invalid data",
+    1008: "policy violation",
+    1009: "message too big",
+    1010: "mandatory extension",
+    1011: "internal error",
+}
+
+
+def closed_by_us(ws: Connection) -> tuple[int, str] | None:
+    """``(code, reason)`` of the close frame the provider sent first on ``ws``, or ``None`` if the
+    peer closed first (or the connection just dropped). Covers websockets' own closes too
+    (1009 for a frame too big, 1007 for bad UTF-8, 1002 for a protocol error)."""
+    protocol = ws.protocol
+    sent = protocol.close_sent
+    if sent is None or protocol.close_rcvd_then_sent:
+        return None
+    return sent.code, sent.reason
+
+
+def close_key(code: int, label: str | None = None) -> str:
+    """The counter key of a close: its code and our label, or the code's name (reasons vary too much)."""
+    return f"{code} {label or _CODE_NAMES.get(code, 'other')}"
+
+
 class Closer:
     """Owns the close handshakes the provider starts (a slow peer, a component's close request)."""
 
@@ -72,7 +131,7 @@ class Closer:
 
     def close(self, ws: Connection, code: int, reason: str) -> None:
         """Start closing ``ws`` with ``code``; websockets aborts it after its close timeout."""
-        task = asyncio.create_task(ws.close(code, reason[:120]))
+        task = asyncio.create_task(ws.close(code, close_reason(reason)))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -129,6 +188,57 @@ class DeliveryWindow:
         """Cancel the deliveries running in tasks (an inline one ends with its reader)."""
         for task in self._tasks:
             task.cancel()
+
+
+class Liveness:
+    """What a connection's reader tells its keepalive: frames it has read, and whether it is busy
+    elsewhere (delivering, or waiting for room to), so that it reads nothing meanwhile."""
+
+    __slots__ = ("busy", "frames")
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self.busy = False
+
+
+KEEPALIVE_TIMEOUT = "keepalive ping timeout"
+
+
+async def keepalive(
+    ws: Connection,
+    interval: float,
+    timeout: float | None,
+    liveness: Liveness,
+    on_timeout: Callable[[], Awaitable[None]],
+) -> None:
+    """Ping every ``interval`` seconds; call ``on_timeout`` when a pong is ``timeout`` late.
+
+    websockets' own keepalive cannot be used: when the provider stops reading a busy peer (its
+    delivery window is full), the peer's pong waits in the socket behind the frames not read yet,
+    and websockets would close a healthy, busy session with 1011. Here a peer whose frames keep
+    being read, or which waits for the provider itself, is alive: the wait for the pong starts over.
+    Runs until cancelled or the connection closes.
+    """
+    try:
+        while True:
+            await asyncio.sleep(interval)
+            pong = await ws.ping()
+            if timeout is None:
+                continue
+            seen = liveness.frames
+            while True:
+                try:
+                    async with asyncio.timeout(timeout):
+                        await asyncio.shield(pong)
+                    break
+                except TimeoutError:
+                    if liveness.busy or liveness.frames != seen:
+                        seen = liveness.frames  # frames are arriving: the pong is queued behind them
+                        continue
+                    await on_timeout()
+                    return
+    except ConnectionClosed:
+        return
 
 
 class TokenBucket:

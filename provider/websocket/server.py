@@ -3,7 +3,11 @@
 A client that connects becomes a :class:`Session` with an id the provider draws (128
 random bits); each frame it sends is decoded under ``FORMAT`` and delivered by
 ``handle-message`` to the linked components whose ``SUBSCRIPTIONS`` match its subject,
-with ``reply-to`` = the session's reply subject, whatever the client wrote.
+with ``reply-to`` = the session's reply subject, whatever the client wrote. A frame on a
+subject the provider reserves (``ws.connected``…) is refused with a ``ws.error`` frame.
+
+Every session the provider closes (a slow reader, a keepalive timeout, a component's
+request, a frame too big, shutdown) is logged with its code and reason and counted.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
@@ -34,17 +38,32 @@ from provider.websocket import formats
 from provider.websocket.config import Delivery, ServerSettings
 from provider.websocket.formats import Envelope, Frame
 from provider.websocket.peer import (
+    DROP_BAD_FRAME,
+    DROP_RESERVED,
+    DROP_UNROUTED,
+    KEEPALIVE_TIMEOUT,
     Closer,
     Counters,
     Deliver,
     DeliveryWindow,
+    Liveness,
     SendError,
     TokenBucket,
+    close_key,
+    closed_by_us,
     deliver_to,
+    keepalive,
     send_frame,
     server_tls,
 )
-from provider.websocket.subjects import CONNECTED, DISCONNECTED, new_id, session_subject
+from provider.websocket.subjects import (
+    CONNECTED,
+    DISCONNECTED,
+    FrameType,
+    is_reserved,
+    new_id,
+    session_subject,
+)
 from provider.wrpc.messaging import BrokerMessage
 
 log = logging.getLogger("provider.websocket.server")
@@ -53,6 +72,9 @@ CLOSE_TIMEOUT = 2.0
 """Seconds a closing peer gets to answer the close handshake before the TCP connection is dropped."""
 STOP_TIMEOUT = 0.15
 """Seconds a stopping server waits for its sessions to close (inside the host's 300 ms shutdown budget)."""
+SEND_QUEUE_FULL = "send queue full"
+MAX_STATIC_BYTES = 8 * 1024 * 1024
+"""The largest file ``STATIC_DIR`` serves (it is read whole, for pages and their assets)."""
 
 
 @dataclass(slots=True)
@@ -66,6 +88,9 @@ class Session:
     path: str
     query: str
     connected_at: float = field(default_factory=time.time)
+    liveness: Liveness = field(default_factory=Liveness)
+    close_label: str | None = None
+    """Why the provider closes this session, for the counters (``None``: by code)."""
 
     @property
     def reply_subject(self) -> str:
@@ -89,13 +114,15 @@ class Session:
             send_frame(self.ws, frame, self.server.settings.send_queue_limit)
         except SendError as exc:
             if self.ws.protocol.state is State.OPEN:
-                self.server.counters.send_overflows += 1
                 log.warning("session %s: %s; closing it (1008)", self.id, exc)
-                self.server.closer.close(self.ws, 1008, "send queue full")
+                self.close(1008, SEND_QUEUE_FULL, SEND_QUEUE_FULL)
             raise
         self.server.counters.frames_out += 1
 
-    def close(self, code: int, reason: str) -> None:
+    def close(self, code: int, reason: str, label: str | None = None) -> None:
+        """Start the close handshake; ``label`` names the cause in the counters (else the code)."""
+        if self.close_label is None:
+            self.close_label = label
         self.server.closer.close(self.ws, code, reason)
 
 
@@ -184,8 +211,7 @@ class WsServer:
                 compression="deflate" if s.compression else None,
                 max_size=s.max_message_bytes,
                 max_queue=8,
-                ping_interval=s.ping_interval,
-                ping_timeout=s.ping_timeout,
+                ping_interval=None,  # the provider's own keepalive, which knows when it stopped reading
                 close_timeout=CLOSE_TIMEOUT,
                 ssl=tls,
                 server_header=None,
@@ -215,7 +241,18 @@ class WsServer:
     # -- the opening handshake -------------------------------------------------------------------
 
     def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        """Path, static files, connection limit and token, before the WebSocket is accepted."""
+        """Path, static files, connection limit and token, before the WebSocket is accepted.
+
+        Never raises: whatever the request holds, the client gets a 4xx, not websockets' 500
+        and a traceback in the log.
+        """
+        try:
+            return self._screen(connection, request)
+        except Exception as exc:  # a request nobody foresaw: refuse it, without a traceback per request
+            log.warning("refused a request for %r: %s: %s", request.path[:200], type(exc).__name__, exc)
+            return connection.respond(HTTPStatus.BAD_REQUEST, "bad request\n")
+
+    def _screen(self, connection: ServerConnection, request: Request) -> Response | None:
         s = self.settings
         url = urlsplit(request.path)
         if url.path != s.path:
@@ -242,13 +279,26 @@ class WsServer:
 
     def _static(self, connection: ServerConnection, path: str) -> Response:
         assert self.settings.static_dir is not None
+        try:
+            name = unquote(path, errors="strict")  # /a%20b.txt is the file "a b.txt"
+        except UnicodeDecodeError:
+            return connection.respond(HTTPStatus.BAD_REQUEST, "the path is not UTF-8\n")
+        if "\x00" in name:
+            return connection.respond(HTTPStatus.BAD_REQUEST, "the path holds a NUL byte\n")
         root = Path(self.settings.static_dir).resolve()
-        target = (root / path.lstrip("/")).resolve()
-        if target.is_dir():
-            target = target / "index.html"
-        if not target.is_relative_to(root) or not target.is_file():
+        try:
+            target = (root / name.lstrip("/")).resolve()
+            if target.is_dir():
+                target = target / "index.html"
+            # Resolved first (symlinks and ".." included), then checked: nothing outside root, ever.
+            if not target.is_relative_to(root) or not target.is_file():
+                return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
+            if target.stat().st_size > MAX_STATIC_BYTES:
+                return connection.respond(HTTPStatus.FORBIDDEN, "too large to serve from STATIC_DIR\n")
+            body = target.read_bytes()
+        except OSError as exc:  # a name too long, a file that vanished or cannot be read
+            log.info("static %r: %s", path[:200], exc.strerror or exc)
             return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
-        body = target.read_bytes()
         content_type = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
         # A fresh Response: respond() would already carry text/plain and a zero Content-Length,
         # and websockets' Headers add values rather than replace them.
@@ -266,17 +316,31 @@ class WsServer:
         self._index.add(session)
         window = DeliveryWindow(s.delivery_window)
         bucket = TokenBucket(s.rate_limit) if s.rate_limit > 0 else None
+        liveness = session.liveness
+        pinger = (
+            asyncio.create_task(
+                keepalive(ws, s.ping_interval, s.ping_timeout, liveness, lambda: self._timed_out(session))
+            )
+            if s.ping_interval
+            else None
+        )
         log.debug("session %s opened from %s", session.id, session.remote)
         try:
             await self._lifecycle(window, session, CONNECTED, session.info())
             async for frame in ws:
                 self.counters.frames_in += 1
+                liveness.frames += 1
+                liveness.busy = True  # from here until the next read, the provider reads nothing
                 if bucket is not None:
                     await bucket.take()
                 await self._on_frame(window, session, frame)
+                liveness.busy = False
         except ConnectionClosed:
             pass
         finally:
+            liveness.busy = False
+            if pinger is not None:
+                pinger.cancel()
             self.sessions.pop(session.id, None)
             self._index.discard(session)
             if self._stopping:
@@ -285,28 +349,52 @@ class WsServer:
                 closed = {"code": ws.close_code, "reason": ws.close_reason or ""}
                 await self._lifecycle(window, session, DISCONNECTED, {**session.info(), **closed})
             await window.drain()
-            log.debug("session %s closed (%s)", session.id, ws.close_code)
+            self._count_close(session)
+
+    async def _timed_out(self, session: Session) -> None:
+        """The keepalive gave up on ``session``: no pong, no frames, and the provider was reading."""
+        session.close(1011, KEEPALIVE_TIMEOUT, KEEPALIVE_TIMEOUT)
+
+    def _count_close(self, session: Session) -> None:
+        """Log and count a close the provider started (any code); a client's own close is debug."""
+        ours = closed_by_us(session.ws)
+        if ours is None:
+            log.debug("session %s closed by the client (%s)", session.id, session.ws.close_code)
+            return
+        code, reason = ours
+        self.counters.closes[close_key(code, session.close_label)] += 1
+        log.info("session %s from %s closed by the provider: %d %s", session.id, session.remote, code, reason)
 
     async def _on_frame(self, window: DeliveryWindow, session: Session, frame: Frame) -> None:
         s = self.settings
         try:
             envelope = formats.decode(s.format, frame, s.subject)
         except formats.FrameError as exc:
-            self.counters.bad_frames += 1
-            self._reply_error(session, str(exc))
+            self._reply_error(session, DROP_BAD_FRAME, str(exc))
+            return
+        if s.format is not formats.Format.RAW and is_reserved(envelope.subject):
+            self._reply_error(
+                session, DROP_RESERVED, f"subject {envelope.subject!r} is reserved for the provider (ws.*)"
+            )
             return
         targets = self._targets(envelope.subject)
         if not targets:
-            self.counters.unrouted_frames += 1
-            self._reply_error(session, f"no component subscribes to subject {envelope.subject!r}")
+            self._reply_error(
+                session, DROP_UNROUTED, f"no component subscribes to subject {envelope.subject!r}"
+            )
             return
-        msg = BrokerMessage(envelope.subject, envelope.body, session.reply_subject)
+        # A raw binary frame's reply subject asks for a binary answer, so an echo keeps the type.
+        binary = s.format is formats.Format.RAW and isinstance(frame, bytes)
+        reply_to = session_subject(session.id, FrameType.BINARY) if binary else session.reply_subject
+        msg = BrokerMessage(envelope.subject, envelope.body, reply_to)
         await window.submit(self._deliver_all(targets, msg, session.id))
 
-    def _reply_error(self, session: Session, message: str) -> None:
+    def _reply_error(self, session: Session, reason: str, message: str) -> None:
+        """Count a dropped frame and tell the client why (raw clients: the log only)."""
+        self.counters.drops[reason] += 1
         frame = formats.error_frame(self.settings.format, message)
         if frame is None:
-            log.info("session %s: %s", session.id, message)
+            log.info("session %s: dropped a frame: %s", session.id, message)
             return
         with contextlib.suppress(SendError):  # a client that cannot take it is being closed already
             session.send(frame)
@@ -330,9 +418,9 @@ class WsServer:
 
     # -- from components --------------------------------------------------------------------------
 
-    def encode(self, msg: BrokerMessage) -> Frame:
-        """The frame carrying a component's message to this server's clients."""
-        return formats.encode(self.settings.format, Envelope(msg.subject, msg.body, msg.reply_to))
+    def encode(self, msg: BrokerMessage, frame_type: FrameType | None = None) -> Frame:
+        """The frame carrying a component's message to this server's clients. Raises FrameError."""
+        return formats.encode(self.settings.format, Envelope(msg.subject, msg.body, msg.reply_to), frame_type)
 
     def __iter__(self) -> Iterator[Session]:
         return iter(list(self.sessions.values()))
