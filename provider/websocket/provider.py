@@ -27,7 +27,7 @@ from provider.wasmcloud.capability import Health, ProviderContext
 from provider.wasmcloud.config import Config
 from provider.wasmcloud.links import Link, LinkKey, Role
 from provider.websocket.client import Connection, State
-from provider.websocket.config import Mode, client_settings, delivery, mode_of, server_settings
+from provider.websocket.config import Mode, client_settings, delivery, key_warnings, mode_of, server_settings
 from provider.websocket.formats import Envelope, Format, FrameError
 from provider.websocket.links import (
     ClientLink,
@@ -92,6 +92,7 @@ class WebSocketProvider:
 
     async def _open(self, link: Link) -> LinkObject:
         mode = mode_of(link.config)
+        self._warn_about_keys(link, mode)
         if mode is Mode.CLIENT:
             shared = await self.connections.join(link)
             log.info(
@@ -106,6 +107,12 @@ class WebSocketProvider:
         if link.role is Role.SOURCE:
             return ServerHandler(link, await self.servers.join(link), self.servers)
         return ServerConsumer(link)
+
+    @staticmethod
+    def _warn_about_keys(link: Link, mode: Mode) -> None:
+        """Unknown, misspelt, deprecated or idle keys the link itself sets (provider defaults aside)."""
+        for warning in key_warnings(link.own, mode):
+            log.warning("%s: link %r (MODE=%s): %s", link.component_id, link.name, mode.value, warning)
 
     async def replace_link(self, previous: Link, link: Link) -> None:
         """Apply a changed link, in place where what it uses can stay.
@@ -129,6 +136,7 @@ class WebSocketProvider:
 
     async def _in_place(self, current: LinkObject, link: Link) -> LinkObject | None:
         mode = mode_of(link.config)
+        self._warn_about_keys(link, mode)
         match current:
             case ClientLink():
                 if mode is not Mode.CLIENT:
