@@ -1,4 +1,4 @@
-"""``python -m provider``: the process a wasmCloud host starts (protocol spec §1).
+"""``python -m provider``: the process a wasmCloud host starts (protocol spec §1). I/O.
 
 The only place that reads stdin, installs signal handlers and runs the event loop.
 Exit codes: 0 after a shutdown request (or SIGTERM/SIGINT), 2 for unusable HostData,

@@ -1,4 +1,4 @@
-"""The local wasmCloud-like host: what runs the provider and wasm components on one machine.
+"""The local wasmCloud-like host: what runs the provider and wasm components on one machine. I/O.
 
 ``nats_server`` (embedded nats-server), ``launcher`` (the provider process, started as a host
 starts it), ``control`` (the host's side of the control protocol), ``lattice`` (both together),

@@ -1,4 +1,4 @@
-"""``python -m provider.host``: the local wasmCloud-like host (``make run``, ``make components``).
+"""``python -m provider.host``: the local wasmCloud-like host (``make run``, ``make components``). I/O.
 
 Commands::
 

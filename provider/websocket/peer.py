@@ -18,7 +18,7 @@ from websockets.asyncio.connection import Connection, broadcast
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
-from provider.errors import ConfigError, WrpcError
+from provider.errors import ConfigError, ProviderError, WrpcError
 from provider.websocket.formats import Frame
 from provider.wrpc.codec import Err
 from provider.wrpc.messaging import BrokerMessage, UnitResult
@@ -64,7 +64,7 @@ class Counters:
         )
 
 
-class SendError(Exception):
+class SendError(ProviderError):
     """A frame could not be queued on a connection; the message says why."""
 
 

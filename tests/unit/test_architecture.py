@@ -2,12 +2,21 @@
 
 Layers, inner to outer: ``wrpc`` → ``wasmcloud`` → ``websocket`` → ``host``. A module may
 import its own layer and inner ones only; ``__main__`` (the composition root) may import all.
-A module whose docstring says "Pure." imports no event loop, network, process or wasm library.
+Every module says what it is in its docstring's first paragraph: ``Pure.`` (imports no event
+loop, network, process, thread or wasm library, directly or through another module of ours)
+or ``I/O.``. No relative imports. Every exception class belongs to the ``ProviderError`` tree,
+or is named in :data:`DELIBERATE_EXCEPTIONS` with the reason.
+
+Each check is a function of a module's source, so the tests at the end plant every kind of
+violation once and show that the check catches it.
 """
 
 from __future__ import annotations
 
 import ast
+import builtins
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -24,51 +33,269 @@ IO_MODULES = {
     "threading",
     "ssl",
     "selectors",
+    "signal",
+    "select",
+    "multiprocessing",
+    "concurrent",
 }
-MUST_BE_PURE = {"errors.py", "wrpc/codec.py", "wrpc/messaging.py", "wrpc/subjects.py"}
+MUST_BE_PURE = {
+    "errors.py",
+    "wrpc/codec.py",
+    "wrpc/messaging.py",
+    "wrpc/subjects.py",
+    "wrpc/protocol.py",
+    "wasmcloud/config.py",
+    "wasmcloud/links.py",
+    "wasmcloud/hostdata.py",
+    "websocket/formats.py",
+    "websocket/subjects.py",
+    "websocket/config.py",
+}
+DELIBERATE_EXCEPTIONS: dict[str, str] = {}
+"""``module path:class`` → why it stays outside the ProviderError tree."""
+ROOT_ERRORS = {"ProviderError"}
 
 
-def _modules() -> list[Path]:
-    return sorted(p for p in ROOT.rglob("*.py") if "__pycache__" not in p.parts)
+@dataclass
+class Module:
+    """What the checks need of one module: where it is, its source, and its parsed tree."""
+
+    path: str  # relative to provider/, e.g. "wrpc/codec.py"
+    source: str
+    tree: ast.Module = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.tree = ast.parse(self.source)
+
+    @property
+    def name(self) -> str:
+        return "provider." + self.path.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+
+    @property
+    def kind(self) -> str | None:
+        """``"pure"``, ``"io"`` or ``None``, from the docstring's first paragraph."""
+        first = (ast.get_docstring(self.tree) or "").split("\n\n")[0]
+        if "Pure." in first:
+            return "pure"
+        if "I/O." in first:
+            return "io"
+        return None
 
 
-def _imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
+def imports(module: Module) -> set[str]:
+    """Every module name ``module`` imports, ``from provider import x`` as ``provider.x``."""
     names: set[str] = set()
-    for node in ast.walk(tree):
+    for node in ast.walk(module.tree):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
+            if node.module == "provider" or node.module.startswith("provider."):
+                names.update(f"{node.module}.{alias.name}" for alias in node.names)
     return names
 
 
-def _layer(path: Path) -> int | None:
-    parts = path.relative_to(ROOT).parts
+def layer(path: str) -> int | None:
+    parts = Path(path).parts
     if parts == ("__main__.py",):  # the composition root: wires every layer together
         return len(LAYERS) - 1
     return LAYERS.index(parts[0]) if len(parts) > 1 and parts[0] in LAYERS else None
 
 
-@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(ROOT)))
-def test_dependencies_point_inward(path: Path) -> None:
-    """No module imports a layer outside its own."""
-    own = _layer(path)
-    for name in _imports(path):
+def outward_imports(module: Module) -> list[str]:
+    """Imports of a layer outside the module's own."""
+    own = layer(module.path)
+    limit = own if own is not None else -1
+    bad = []
+    for name in imports(module):
         parts = name.split(".")
-        if parts[0] != "provider" or len(parts) < 2 or parts[1] not in LAYERS:
+        if (
+            parts[0] == "provider"
+            and len(parts) > 1
+            and parts[1] in LAYERS
+            and LAYERS.index(parts[1]) > limit
+        ):
+            bad.append(name)
+    return sorted(bad)
+
+
+def relative_imports(module: Module) -> list[str]:
+    return [
+        f"{'.' * node.level}{node.module or ''}"
+        for node in ast.walk(module.tree)
+        if isinstance(node, ast.ImportFrom) and node.level > 0
+    ]
+
+
+def io_imports(module: Module, modules: dict[str, Module]) -> list[str]:
+    """For a pure module: the I/O libraries it imports, and our own modules it imports that are not pure."""
+    if module.kind != "pure":
+        return []
+    bad = []
+    for name in imports(module):
+        if name.split(".")[0] in IO_MODULES:
+            bad.append(name)
+        target = _resolve(name, modules)
+        if target is not None and target.kind != "pure":
+            bad.append(f"{name} (not pure)")
+    return sorted(bad)
+
+
+def _resolve(name: str, modules: dict[str, Module]) -> Module | None:
+    if not name.startswith("provider."):
+        return None
+    while name:
+        found = modules.get(name)
+        if found is not None:
+            return found if found.tree.body else None  # an empty __init__ is no code
+        name = name.rpartition(".")[0]
+    return None
+
+
+def stray_exceptions(module: Module, known: set[str]) -> list[str]:
+    """Exception classes whose bases are neither the tree's root nor a known member of the tree."""
+    bad = []
+    for node in ast.walk(module.tree):
+        if not isinstance(node, ast.ClassDef):
             continue
-        target = LAYERS.index(parts[1])
-        limit = own if own is not None else -1
-        assert target <= limit, f"{path.relative_to(ROOT)} imports {name}, an outer layer"
+        bases = {_base_name(b) for b in node.bases}
+        if not bases & ({"Exception", "BaseException"} | _BUILTIN_ERRORS | known | ROOT_ERRORS):
+            continue  # not an exception
+        if node.name in ROOT_ERRORS or bases & (known | ROOT_ERRORS):
+            continue
+        if f"{module.path}:{node.name}" not in DELIBERATE_EXCEPTIONS:
+            bad.append(node.name)
+    return bad
 
 
-@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(ROOT)))
-def test_pure_modules_do_no_io(path: Path) -> None:
-    """Modules documented as pure import no I/O library."""
-    docstring = ast.get_docstring(ast.parse(path.read_text())) or ""
-    if "Pure." not in docstring:
-        assert str(path.relative_to(ROOT)) not in MUST_BE_PURE, f"{path} must say it is pure"
+_BUILTIN_ERRORS = {
+    name
+    for name, value in vars(builtins).items()
+    if isinstance(value, type) and issubclass(value, BaseException)
+}
+
+
+def _base_name(node: ast.expr) -> str:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return node.attr
+    return ""
+
+
+def exception_tree(modules: Iterable[Module]) -> set[str]:
+    """The names of every class that derives from ProviderError, found by following bases."""
+    classes = [
+        (node.name, {_base_name(b) for b in node.bases})
+        for module in modules
+        for node in ast.walk(module.tree)
+        if isinstance(node, ast.ClassDef)
+    ]
+    tree = set(ROOT_ERRORS)
+    grew = True
+    while grew:
+        grew = False
+        for name, bases in classes:
+            if name not in tree and bases & tree:
+                tree.add(name)
+                grew = True
+    return tree
+
+
+def load() -> dict[str, Module]:
+    found = {}
+    for path in sorted(ROOT.rglob("*.py")):
+        if "__pycache__" in path.parts:
+            continue
+        module = Module(str(path.relative_to(ROOT)), path.read_text())
+        found[module.name] = module
+    return found
+
+
+MODULES = load()
+PATHS = sorted(MODULES.values(), key=lambda m: m.path)
+TREE = exception_tree(MODULES.values())
+
+
+@pytest.mark.parametrize("module", PATHS, ids=lambda m: m.path)
+def test_dependencies_point_inward(module: Module) -> None:
+    """No module imports a layer outside its own."""
+    assert outward_imports(module) == [], f"{module.path} imports an outer layer"
+
+
+@pytest.mark.parametrize("module", PATHS, ids=lambda m: m.path)
+def test_no_relative_imports(module: Module) -> None:
+    assert relative_imports(module) == []
+
+
+@pytest.mark.parametrize("module", PATHS, ids=lambda m: m.path)
+def test_every_module_says_whether_it_is_pure(module: Module) -> None:
+    """Pure. or I/O. in the docstring's first paragraph (empty __init__ files aside); core ones pure."""
+    if not module.tree.body:
         return
-    io = {name for name in _imports(path) if name.split(".")[0] in IO_MODULES}
-    assert not io, f"{path.relative_to(ROOT)} is documented as pure but imports {sorted(io)}"
+    assert module.kind is not None, f"{module.path}: say 'Pure.' or 'I/O.' in the docstring's first paragraph"
+    if module.path in MUST_BE_PURE:
+        assert module.kind == "pure", f"{module.path} must be pure"
+
+
+@pytest.mark.parametrize("module", PATHS, ids=lambda m: m.path)
+def test_pure_modules_do_no_io_even_through_another_module(module: Module) -> None:
+    assert io_imports(module, MODULES) == []
+
+
+@pytest.mark.parametrize("module", PATHS, ids=lambda m: m.path)
+def test_every_exception_belongs_to_the_provider_error_tree(module: Module) -> None:
+    assert stray_exceptions(module, TREE) == []
+
+
+# --- each check catches what it is for ---------------------------------------------------------------
+
+
+def _planted(path: str, source: str) -> Module:
+    return Module(path, source)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        '"""x. Pure."""\nfrom provider import websocket\n',
+        '"""x. Pure."""\nimport provider.host.wasm\n',
+        '"""x. Pure."""\nfrom provider.websocket.config import Mode\n',
+    ],
+)
+def test_an_outward_import_is_caught(source: str) -> None:
+    assert outward_imports(_planted("wrpc/planted.py", source)) != []
+
+
+def test_a_relative_import_is_caught() -> None:
+    assert relative_imports(_planted("wrpc/planted.py", '"""x. Pure."""\nfrom .codec import U32\n')) == [
+        ".codec"
+    ]
+
+
+def test_io_reached_directly_or_through_another_module_is_caught() -> None:
+    modules = dict(MODULES)
+    direct = _planted("wrpc/planted.py", '"""x. Pure."""\nimport asyncio\n')
+    through = _planted("wrpc/planted2.py", '"""x. Pure."""\nfrom provider.wrpc.nats import WrpcTransport\n')
+    assert io_imports(direct, modules) == ["asyncio"]
+    assert io_imports(through, modules) == [
+        "provider.wrpc.nats (not pure)",
+        "provider.wrpc.nats.WrpcTransport (not pure)",
+    ]
+
+
+def test_a_module_that_lost_its_marker_is_caught() -> None:
+    assert _planted("wrpc/codec.py", '"""The value codec."""\nX = 1\n').kind is None
+    assert (
+        _planted("wrpc/codec.py", '"""The value codec.\n\nPure."""\nX = 1\n').kind is None
+    )  # not in the first paragraph
+
+
+def test_an_exception_outside_the_tree_is_caught() -> None:
+    planted = _planted(
+        "websocket/planted.py",
+        '"""x. I/O."""\nclass Oops(Exception):\n    pass\nclass Fine(ProviderError):\n    pass\n',
+    )
+    assert stray_exceptions(planted, TREE) == ["Oops"]
+    value = _planted("websocket/planted.py", '"""x. I/O."""\nclass Bad(ValueError):\n    pass\n')
+    assert stray_exceptions(value, TREE) == ["Bad"]
