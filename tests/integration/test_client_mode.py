@@ -66,8 +66,10 @@ class Peer:
         tls: Any = None,
         subprotocols: list[str] | None = None,
         on_frame: OnFrame | None = None,
+        ping_interval: float | None = 20.0,
     ) -> None:
         self.port = port or free_port()
+        self.ping_interval = ping_interval
         self.tls = tls
         self.subprotocols = subprotocols
         self.on_frame = on_frame
@@ -88,6 +90,7 @@ class Peer:
             ssl=self.tls,
             subprotocols=self.subprotocols,  # type: ignore[arg-type]
             compression=None,
+            ping_interval=self.ping_interval,
         )
         return self
 
