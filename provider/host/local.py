@@ -13,8 +13,8 @@ Given a checked :class:`~provider.host.wadm.Application` and a NATS server, it
 4. instantiates each component and serves its ``handle-message`` over wRPC;
 5. puts the links, ``consumer`` links (component → provider) first, so a component can
    already answer when a ``handler`` link makes the provider deliver to it; each put
-   waits for the provider's log line saying it was applied, and a rejected link stops
-   the run with the provider's reason.
+   asks the provider for its answer (a :class:`~provider.wasmcloud.links.LinkAnswer`, not
+   a log line), and a rejected link stops the run with the provider's reason.
 
 Stopping is the reverse: the provider's shutdown request (it closes its sessions), then
 the components.
@@ -40,7 +40,7 @@ from provider.host.wasm import FUEL_PER_CALL, WasmComponent, WasmEngine, load_co
 log = logging.getLogger("provider.host")
 
 LINK_WAIT = 10.0
-"""Seconds to wait for the provider to say it applied a link."""
+"""Seconds to wait for the provider's answer to a link put."""
 
 
 class HostError(ProviderError):
@@ -178,16 +178,19 @@ class LocalHost:
 
     async def _put_link(self, link: Link) -> None:
         assert self.lattice is not None
+        where = f"{self.app.source}:{link.line}"
         try:
-            line = await self.lattice.put_link(link.definition, wait=LINK_WAIT)
+            answer = await self.lattice.apply_link(link.definition, wait=LINK_WAIT)
         except TimeoutError:
             raise HostError(
-                f"{self.app.source}:{link.line}: the provider did not apply {link.definition.describe()} "
+                f"{where}: the provider did not answer the put of {link.definition.describe()} "
                 f"within {LINK_WAIT:g}s"
             ) from None
-        if line is None or "rejected link" in line:
-            reason = line[line.index("rejected link") :] if line else "no reason given"  # past the log prefix
-            raise HostError(f"{self.app.source}:{link.line}: the provider {reason}")
+        except ProviderError as exc:  # nobody listens, or the answer is not one
+            raise HostError(f"{where}: putting {link.definition.describe()}: {exc}") from None
+        assert answer is not None
+        if not answer.applied:
+            raise HostError(f"{where}: the provider {answer.text()}")
 
     def component(self, name: str) -> WasmComponent:
         """The running component called ``name`` in the manifest."""
