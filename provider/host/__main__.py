@@ -163,8 +163,8 @@ def check(app: Application, resolved: Resolved, base: Path) -> None:
         print(f"  policy {policy.name!r} ({policy.type}, backend {backend}): values come from the local host")
     for component in app.components:
         image = images[component.name]
-        origin = f"built from {image.source.directory}" if image.source else "prebuilt"
-        print(f"  component {component.name!r} id {component.id!r}: {image.path} ({origin})")
+        origin = f"built from {_shown(image.source.directory)}" if image.source else "prebuilt"
+        print(f"  component {component.name!r} id {component.id!r}: {_shown(image.path)} ({origin})")
     for link in app.links:
         side = link.provider_side_name
         print(f"  link {link.definition.describe()}  ({app.source}:{link.line})")
@@ -180,6 +180,14 @@ def check(app: Application, resolved: Resolved, base: Path) -> None:
         if other.configs or other.secrets:
             count = f"{len(other.config)} key(s) and {len(other.secrets)} secret(s)"
             print(f"    the other side's {count} are sent too; the provider does not read them")
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when it is under it (shorter to read)."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def build(names: list[str], root: Path, cache_dir: Path | None) -> None:
