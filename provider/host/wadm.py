@@ -41,6 +41,7 @@ nowhere, a secret with no value, a policy that is not a secret policy) is a
 from __future__ import annotations
 
 import difflib
+import json
 import textwrap
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -554,7 +555,14 @@ class _Checker:
         self.warnings.append(f"{self.source}:{line}: {message}")
 
     def document(self, text: str, what: str) -> _Map:
-        """``text`` parsed as YAML, which must be a mapping."""
+        """``text`` parsed as YAML (JSON is YAML), which must be a mapping."""
+        if "\t" in text and text.lstrip()[:1] in ("{", "["):
+            try:
+                json.loads(text)
+            except ValueError:
+                pass
+            else:  # valid JSON has tabs only as whitespace, which YAML refuses as indentation
+                text = text.replace("\t", " ")
         try:
             raw = yaml.load(text, Loader=_Loader)  # a SafeLoader: builds plain data only
         except yaml.MarkedYAMLError as exc:

@@ -249,7 +249,7 @@ async def test_the_readme_client_mode_example_runs_with_its_secret(
             "--secrets-file",
             str(secrets_file),
             "--log-level",
-            "debug",
+            "trace",  # everything the provider can log, websockets' handshake lines included
         )
         stderr_reader = asyncio.ensure_future(process.stderr.read()) if process.stderr else None
         try:
@@ -276,7 +276,8 @@ async def test_the_readme_client_mode_example_runs_with_its_secret(
         rest = await process.stdout.read()
         assert stderr_reader is not None
         output = "".join(banner) + rest.decode() + (await stderr_reader).decode()
-    assert "put link prices-websocket -(wasmcloud:messaging/handler" in output  # the provider's debug log ran
+    assert " provider.runtime: " in output  # the provider's own log is in what was searched
+    assert " websockets.client: > Authorization: <redacted>" in output
     assert "stopped: provider, components and NATS" in output
     assert token not in output
 

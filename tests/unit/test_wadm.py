@@ -6,6 +6,7 @@ starts anything. The spec's example (protocol spec §5) gives the link definitio
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
@@ -467,7 +468,7 @@ def test_a_reference_resolves_from_a_config_file_with_its_line() -> None:
     [link] = [link for link in load(text, named_configs=configs).links if link.provider_is_source]
     assert link.definition.source_config == {"MODE": "client", "URI": "ws://elsewhere/"}
     assert link.source_side.configs[0].origin == "configs.yaml:1"
-    json_configs = named('{"shared-client": {"MODE": "client"}}', "configs.json")
+    json_configs = named(json.dumps({"shared-client": {"MODE": "client"}}, indent="\t"), "configs.json")
     assert load(text, named_configs=json_configs).links[1].definition.source_config == {"MODE": "client"}
 
 
