@@ -133,13 +133,15 @@ def _load(path: Path, config_files: list[Path] | None = None) -> Application:
 
 def _secrets(args: argparse.Namespace) -> LocalSecrets:
     """The secret values given on the command line, files first, ``--secret`` winning over all."""
-    layers: list[tuple[str, dict[str, StoredSecret]]] = []
-    for path in args.secrets_file:
-        layers.append((f"--secrets-file {path}", load_secrets_file(_read(path, "secrets file"), str(path))))
-    layers.append(("--secret-env", parse_secret_env(args.secret_env, os.environ)))
-    layers.append(("--secret", parse_secret_args(args.secret)))
-    if not args.secrets_file:
-        layers.insert(0, ("--secrets-file", {}))
+    files: list[tuple[str, dict[str, StoredSecret]]] = [
+        (f"--secrets-file {path}", load_secrets_file(_read(path, "secrets file"), str(path)))
+        for path in args.secrets_file
+    ]
+    layers = [
+        *(files or [("--secrets-file", {})]),
+        ("--secret-env", parse_secret_env(args.secret_env, os.environ)),
+        ("--secret", parse_secret_args(args.secret)),
+    ]
     return LocalSecrets.layered(*((_given(where, values), values) for where, values in layers))
 
 
