@@ -218,9 +218,24 @@ async def host_command(*args: str, cwd: Path = ROOT) -> asyncio.subprocess.Proce
     )
 
 
+async def stopped(process: asyncio.subprocess.Process) -> None:
+    """Stop ``python -m provider.host`` if it still runs: Ctrl-C first, so that it stops NATS and
+    the provider (they run in process groups of their own, and would outlive a SIGKILL of it)."""
+    if process.returncode is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            await asyncio.wait_for(process.wait(), 15)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
 async def finished(process: asyncio.subprocess.Process, timeout: float = 60) -> tuple[int, str, str]:
     """Exit code, stdout and stderr of a command that is expected to end by itself."""
-    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
+    try:
+        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
+    finally:
+        await stopped(process)
     assert process.returncode is not None
     return process.returncode, stdout.decode(), stderr.decode()
 
@@ -270,9 +285,7 @@ async def test_the_readme_client_mode_example_runs_with_its_secret(
             process.send_signal(signal.SIGINT)
             assert await asyncio.wait_for(process.wait(), 15) == 0
         finally:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
+            await stopped(process)
         rest = await process.stdout.read()
         assert stderr_reader is not None
         output = "".join(banner) + rest.decode() + (await stderr_reader).decode()
