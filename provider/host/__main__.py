@@ -3,17 +3,23 @@
 Commands::
 
     run [wadm.yaml]      NATS, the provider and the manifest's components; Ctrl-C stops it all
-    check [wadm.yaml]    check the manifest and resolve its images; start nothing
+    check [wadm.yaml]    check the manifest, its images, configs and secrets; show what the
+                         provider gets per link (secrets redacted); start nothing
     build [NAME ...]     build components/<NAME>/ into build/components/<NAME>.wasm (default: all)
 
-``run`` checks the whole manifest and resolves every image first, then builds and
-compiles what is needed (cached), and only then starts NATS (loopback, a free port unless
+``run`` and ``check`` take the values of the manifest's secret references from
+``--secret KEY=VALUE``, ``--secret-env KEY=VARIABLE`` and ``--secrets-file FILE`` (a YAML or
+JSON map of key → value), and named configs from ``--config-file FILE`` (config name →
+its properties); each may be repeated.
+
+``run`` checks the whole manifest, resolves every image, config and secret first, then
+builds and compiles what is needed (cached), and only then starts NATS (loopback, a free port unless
 ``--nats-port``), the provider and the components. NATS and the provider run in process
 groups of their own, so Ctrl-C reaches this process only, which stops them in order:
 the provider's shutdown request, the components, NATS. A second Ctrl-C kills them at once.
 
-Exit codes: 0 after Ctrl-C or SIGTERM, 2 for a manifest or image problem, 1 when
-something fails to build or start.
+Exit codes: 0 after Ctrl-C or SIGTERM, 2 for a problem with the manifest, an image, a
+config, a secret or an argument, 1 when something fails to build or start.
 """
 
 from __future__ import annotations
@@ -29,11 +35,25 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from provider.errors import ProviderError
+from provider.errors import ConfigError, ProviderError
 from provider.host.build import BuildError, ComponentBuilder, find_sources
 from provider.host.local import LocalHost, prepare, resolve_images
 from provider.host.nats_server import NatsServer
-from provider.host.wadm import Application, ManifestError, load
+from provider.host.wadm import (
+    Application,
+    LocalSecrets,
+    ManifestError,
+    NamedConfigs,
+    Resolved,
+    StoredSecret,
+    effective_config,
+    load,
+    load_named_configs,
+    load_secrets_file,
+    parse_secret_args,
+    parse_secret_env,
+    resolve_secrets,
+)
 from provider.host.wasm import WasmEngine
 
 log = logging.getLogger("provider.host")
@@ -54,6 +74,38 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
             type=Path,
             help="builds and compiled components (default: .cache beside the manifest)",
         )
+        command.add_argument(
+            "--secret",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="the value of the secret stored under KEY (a reference's properties.key); repeatable. "
+            "Other users of this machine may see it in the process list: prefer --secrets-file",
+        )
+        command.add_argument(
+            "--secret-env",
+            action="append",
+            default=[],
+            metavar="KEY=VARIABLE",
+            help="the value of KEY is environment variable VARIABLE's; repeatable",
+        )
+        command.add_argument(
+            "--secrets-file",
+            action="append",
+            default=[],
+            type=Path,
+            metavar="FILE",
+            help="a YAML or JSON map of KEY to value (or to a map of field to value); repeatable",
+        )
+        command.add_argument(
+            "--config-file",
+            action="append",
+            default=[],
+            type=Path,
+            metavar="FILE",
+            help="named configs (a YAML or JSON map of config name to its properties) for config "
+            "references without properties; repeatable",
+        )
     run.add_argument("--nats-port", type=int, default=-1, help="NATS port on 127.0.0.1 (default: a free one)")
     run.add_argument("--lattice", default="default", help="lattice name (default: default)")
     run.add_argument("--log-level", default="info", help="the provider's and the host's log level")
@@ -64,29 +116,80 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _load(path: Path) -> Application:
+def _read(path: Path, what: str) -> str:
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ManifestError(f"{path}: cannot read the manifest: {exc.strerror or exc}") from exc
-    return load(text, source=str(path))
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise ManifestError(f"{path}: cannot read the {what}: {reason}") from None
+
+
+def _load(path: Path, config_files: list[Path] | None = None) -> Application:
+    named = NamedConfigs()
+    for config_file in config_files or []:
+        named = named.merged(load_named_configs(_read(config_file, "config file"), str(config_file)))
+    return load(_read(path, "manifest"), source=str(path), named_configs=named)
+
+
+def _secrets(args: argparse.Namespace) -> LocalSecrets:
+    """The secret values given on the command line, files first, ``--secret`` winning over all."""
+    files: list[tuple[str, dict[str, StoredSecret]]] = [
+        (f"--secrets-file {path}", load_secrets_file(_read(path, "secrets file"), str(path)))
+        for path in args.secrets_file
+    ]
+    layers = [
+        *(files or [("--secrets-file", {})]),
+        ("--secret-env", parse_secret_env(args.secret_env, os.environ)),
+        ("--secret", parse_secret_args(args.secret)),
+    ]
+    return LocalSecrets.layered(*((_given(where, values), values) for where, values in layers))
+
+
+def _given(where: str, values: dict[str, StoredSecret]) -> str:
+    return f"{where} ({len(values)} key(s))" if values else f"{where} (none given)"
 
 
 def _cache_dir(given: Path | None, base: Path) -> Path:
     return (given or base / ".cache").resolve()
 
 
-def check(manifest: Path, cache_dir: Path | None) -> None:
-    """Load and check ``manifest``, resolve its images and say what ``run`` would start."""
-    app = _load(manifest)
-    images = resolve_images(app, manifest.resolve().parent)
-    print(f"{manifest}: application {app.name!r}, provider {app.capability.id!r}")
+def check(app: Application, resolved: Resolved, base: Path) -> None:
+    """Say what ``run`` would start for ``app`` (checked, its secrets ``resolved``), and what
+    config each link gives the provider, merged as the provider merges it, secrets redacted."""
+    images = resolve_images(app, base)
+    print(f"{app.source}: application {app.name!r}, provider {app.capability.id!r}")
+    for warning in app.warnings:
+        print(f"  warning: {warning}")
+    for policy in app.policies:
+        backend = policy.properties.get("backend", "—")
+        print(f"  policy {policy.name!r} ({policy.type}, backend {backend}): values come from the local host")
     for component in app.components:
         image = images[component.name]
-        origin = f"built from {image.source.directory}" if image.source else "prebuilt"
-        print(f"  component {component.name!r} id {component.id!r}: {image.path} ({origin})")
+        origin = f"built from {_shown(image.source.directory)}" if image.source else "prebuilt"
+        print(f"  component {component.name!r} id {component.id!r}: {_shown(image.path)} ({origin})")
     for link in app.links:
-        print(f"  link {link.definition.describe()}")
+        side = link.provider_side_name
+        print(f"  link {link.definition.describe()}  ({app.source}:{link.line})")
+        print(f"    the provider reads {side}_config and {side}_secrets, over its own config; it gets:")
+        _, settings = effective_config(app, link, resolved)
+        width = max((len(s.key) for s in settings), default=0)
+        shown = max((len(s.shown) for s in settings), default=0)
+        for setting in settings:
+            print(f"      {setting.key:<{width}}  {setting.shown:<{shown}}  {setting.origin}")
+        if not settings:
+            print("      (nothing: every key takes its default)")
+        other = link.target_side if link.provider_is_source else link.source_side
+        if other.configs or other.secrets:
+            count = f"{len(other.config)} key(s) and {len(other.secrets)} secret(s)"
+            print(f"    the other side's {count} are sent too; the provider does not read them")
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when it is under it (shorter to read)."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def build(names: list[str], root: Path, cache_dir: Path | None) -> None:
@@ -106,8 +209,10 @@ def build(names: list[str], root: Path, cache_dir: Path | None) -> None:
         print(out)
 
 
-async def run(app: Application, base: Path, cache: Path, args: argparse.Namespace) -> None:
-    """Run ``app`` (its manifest in ``base``) until Ctrl-C or SIGTERM."""
+async def run(
+    app: Application, base: Path, cache: Path, args: argparse.Namespace, secrets: LocalSecrets
+) -> None:
+    """Run ``app`` (its manifest in ``base``, its secrets' values in ``secrets``) until Ctrl-C or SIGTERM."""
     nats = NatsServer(port=args.nats_port, own_process_group=True)
     host: LocalHost | None = None
     stop = asyncio.Event()
@@ -139,6 +244,7 @@ async def run(app: Application, base: Path, cache: Path, args: argparse.Namespac
             log_level=args.log_level,
             echo_logs=True,
             own_process_group=True,
+            secrets=secrets,
         )
         if not await _until_stopped(host.start(), stop):
             return
@@ -203,16 +309,21 @@ def main(argv: list[str] | None = None) -> None:
     level = getattr(logging, str(getattr(args, "log_level", "info")).upper(), logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     try:
-        if args.command == "check":
-            check(args.manifest, args.cache_dir)
-        elif args.command == "build":
+        if args.command == "build":
             build(args.names, args.root, args.cache_dir)
-        else:
-            app = _load(args.manifest)
-            base = args.manifest.resolve().parent
-            resolve_images(app, base)  # every image checked before anything starts
-            asyncio.run(run(app, base, _cache_dir(args.cache_dir, base), args))
-    except ManifestError as exc:
+            return
+        app = _load(args.manifest, args.config_file)
+        base = args.manifest.resolve().parent
+        secrets = _secrets(args)
+        resolved = resolve_secrets(app, secrets)  # every secret found before anything starts
+        if args.command == "check":
+            check(app, resolved, base)
+            return
+        for warning in app.warnings:
+            log.warning("%s", warning)
+        resolve_images(app, base)  # every image checked before anything starts
+        asyncio.run(run(app, base, _cache_dir(args.cache_dir, base), args, secrets))
+    except ConfigError as exc:  # the manifest, a config or secrets file, a --secret argument
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     except ProviderError as exc:

@@ -16,9 +16,10 @@ from nats.aio.client import Client as NatsClient
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
+from provider.errors import ConfigError
 from provider.wasmcloud.config import SecretValue
 from provider.wasmcloud.hostdata import HostData
-from provider.wasmcloud.links import LinkDefinition
+from provider.wasmcloud.links import LinkAnswer, LinkDefinition, LinkOp
 from provider.wasmcloud.subjects import ControlSubjects
 from provider.wasmcloud.xkeys import XKey
 
@@ -100,12 +101,25 @@ class HostControl:
         values: Mapping[str, str | bytes] | None,
     ) -> LinkDefinition:
         """``link`` with ``values`` sealed into the provider's side (source or target) of it."""
-        if not values:
-            return link
-        sealed = self.xkey.seal(secrets_json(values), provider.xkey.public)
         if link.source_id == provider.provider_id:
-            return replace(link, source_secrets=sealed)
-        return replace(link, target_secrets=sealed)
+            return self.seal_sides(link, provider, source=values)
+        return self.seal_sides(link, provider, target=values)
+
+    def seal_sides(
+        self,
+        link: LinkDefinition,
+        provider: ProviderIdentity,
+        *,
+        source: Mapping[str, str | bytes] | None = None,
+        target: Mapping[str, str | bytes] | None = None,
+    ) -> LinkDefinition:
+        """``link`` with the secrets of each side sealed to the provider's xkey, as a host sends
+        every link to a provider: both sides, each ``null`` when it has none (protocol spec §2.3)."""
+        if source:
+            link = replace(link, source_secrets=self.xkey.seal(secrets_json(source), provider.xkey.public))
+        if target:
+            link = replace(link, target_secrets=self.xkey.seal(secrets_json(target), provider.xkey.public))
+        return link
 
     def subjects(self, provider: ProviderIdentity) -> ControlSubjects:
         return ControlSubjects.for_provider(self.lattice, provider.provider_id, provider.xkey.public)
@@ -116,20 +130,76 @@ class HostControl:
         link: LinkDefinition,
         secrets: Mapping[str, str | bytes] | None = None,
     ) -> None:
-        """Publish a link put on the provider's xkey subject (no reply)."""
-        payload = json.dumps(self.seal_link(link, provider, secrets).to_json()).encode()
-        await self.nc.publish(self.subjects(provider).link_put, payload)
+        """Publish a link put on the provider's xkey subject (no reply), as a host does."""
+        await self.nc.publish(self.subjects(provider).link_put, self._put_payload(provider, link, secrets))
+
+    async def ask_put_link(
+        self,
+        provider: ProviderIdentity,
+        link: LinkDefinition,
+        secrets: Mapping[str, str | bytes] | None = None,
+        *,
+        timeout: float,
+    ) -> LinkAnswer:
+        """Put a link with a reply subject and return the provider's answer (applied or why not).
+
+        Raises :class:`TimeoutError` when no answer comes within ``timeout``, and
+        :class:`~provider.errors.ConfigError` when nobody listens or the answer is not one.
+        """
+        payload = self._put_payload(provider, link, secrets)
+        return await self._ask(self.subjects(provider).link_put, payload, LinkOp.PUT, link, timeout)
+
+    def _put_payload(
+        self, provider: ProviderIdentity, link: LinkDefinition, secrets: Mapping[str, str | bytes] | None
+    ) -> bytes:
+        return json.dumps(self.seal_link(link, provider, secrets).to_json()).encode()
 
     async def put_raw(self, provider: ProviderIdentity, payload: bytes) -> None:
         """Publish arbitrary bytes as a link put (for testing bad input)."""
         await self.nc.publish(self.subjects(provider).link_put, payload)
 
+    def _delete_subjects(self, link: LinkDefinition) -> tuple[bytes, list[str]]:
+        emptied = replace(link, source_config={}, target_config={}, source_secrets=None, target_secrets=None)
+        ends = [f"wasmbus.rpc.{self.lattice}.{end}.linkdefs.del" for end in (link.source_id, link.target)]
+        return json.dumps(emptied.to_json()).encode(), ends
+
     async def delete_link(self, link: LinkDefinition) -> None:
         """Publish a link delete to both ends, configs emptied, as the host does."""
-        emptied = replace(link, source_config={}, target_config={}, source_secrets=None, target_secrets=None)
-        payload = json.dumps(emptied.to_json()).encode()
-        for end in (link.source_id, link.target):
-            await self.nc.publish(f"wasmbus.rpc.{self.lattice}.{end}.linkdefs.del", payload)
+        payload, ends = self._delete_subjects(link)
+        for subject in ends:
+            await self.nc.publish(subject, payload)
+
+    async def ask_delete_link(
+        self, provider: ProviderIdentity, link: LinkDefinition, *, timeout: float
+    ) -> LinkAnswer:
+        """Delete a link as :meth:`delete_link` does, asking the provider's end for its answer.
+
+        Raises as :meth:`ask_put_link` does.
+        """
+        payload, ends = self._delete_subjects(link)
+        own = f"wasmbus.rpc.{self.lattice}.{provider.provider_id}.linkdefs.del"
+        for subject in ends:
+            if subject != own:
+                await self.nc.publish(subject, payload)
+        return await self._ask(own, payload, LinkOp.DELETE, link, timeout)
+
+    async def _ask(
+        self, subject: str, payload: bytes, op: LinkOp, link: LinkDefinition, timeout: float
+    ) -> LinkAnswer:
+        """Request ``subject`` and check that the answer is about this ``op`` on this ``link``."""
+        try:
+            reply = await self.nc.request(subject, payload, timeout=timeout)
+        except NatsTimeoutError:
+            raise TimeoutError(f"no answer to the link {op.value} within {timeout:g}s") from None
+        except NoRespondersError:
+            raise ConfigError(f"no provider listens on {subject}") from None
+        answer = LinkAnswer.decode(reply.data)  # the reply is from the network: checked whole
+        expected = link.describe()
+        if answer.op is not op or answer.link != expected:
+            got = f"a {answer.op.value} of {answer.link or 'an unreadable link'}"
+            reason = f" ({answer.error})" if answer.error else ""
+            raise ConfigError(f"the answer to the {op.value} of {expected} is about {got}{reason}")
+        return answer
 
     async def update_config(self, provider: ProviderIdentity, config: Mapping[str, str]) -> None:
         """Publish the complete new provider config (no reply)."""

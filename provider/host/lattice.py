@@ -7,14 +7,13 @@ Used by the tests, the benchmarks and the local host.
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Mapping
 from pathlib import Path
 
 from provider.host.control import HostControl, ProviderIdentity
 from provider.host.launcher import ProviderProcess
 from provider.host.native import NativeComponent, OnMessage
-from provider.wasmcloud.links import LinkDefinition
+from provider.wasmcloud.links import LinkAnswer, LinkDefinition
 from provider.wrpc.connection import NatsConnection
 from provider.wrpc.connection import connect as connect_nats
 from provider.wrpc.nats import WrpcTransport
@@ -115,27 +114,39 @@ class LocalLattice:
         *,
         wait: float | None = 10.0,
     ) -> str | None:
-        """Put a link; unless ``wait`` is ``None``, return the provider's log line saying it was
-        applied (``put link …``) or refused (``rejected link …``).
+        """Put a link. With ``wait=None`` it is published as a host does (no answer, returns
+        ``None``); otherwise the provider is asked, and this returns what it answered as one
+        line: ``put link …`` or ``rejected link …: <why>`` (:meth:`LinkAnswer.text`).
 
-        The host protocol has no acknowledgement for link puts, so the provider's own log
-        (at level info) is what tells that it has processed one.
+        Raises :class:`TimeoutError` after ``wait`` seconds without an answer, and
+        :class:`~provider.errors.ConfigError` for an answer that is not one.
         """
-        assert self.host is not None
-        since = self.process.total_lines
-        await self.host.put_link(self.provider, link, secrets)
-        if wait is None:
-            return None
-        described = re.escape(link.describe())
-        return await self.process.wait_for_line(rf"(put|rejected) link {described}", wait, since)
+        answer = await self.apply_link(link, secrets, wait=wait)
+        return None if answer is None else answer.text()
 
-    async def delete_link(self, link: LinkDefinition, *, wait: float | None = 10.0) -> None:
-        """Delete a link; unless ``wait`` is ``None``, wait until the provider says it is gone."""
+    async def apply_link(
+        self,
+        link: LinkDefinition,
+        secrets: Mapping[str, str | bytes] | None = None,
+        *,
+        wait: float | None = 10.0,
+    ) -> LinkAnswer | None:
+        """:meth:`put_link`, returning the provider's structured answer."""
         assert self.host is not None
-        since = self.process.total_lines
-        await self.host.delete_link(link)
-        if wait is not None:
-            await self.process.wait_for_line(rf"deleted link {re.escape(link.describe())}", wait, since)
+        if wait is None:
+            await self.host.put_link(self.provider, link, secrets)
+            return None
+        return await self.host.ask_put_link(self.provider, link, secrets, timeout=wait)
+
+    async def delete_link(self, link: LinkDefinition, *, wait: float | None = 10.0) -> str | None:
+        """Delete a link; unless ``wait`` is ``None``, ask the provider and return its answer
+        as one line (``deleted link …`` or ``did not delete link …: <why>``)."""
+        assert self.host is not None
+        if wait is None:
+            await self.host.delete_link(link)
+            return None
+        answer = await self.host.ask_delete_link(self.provider, link, timeout=wait)
+        return answer.text()
 
     async def shutdown(self) -> bytes | None:
         """The host's shutdown request; the provider's reply, or ``None`` if none came in time."""

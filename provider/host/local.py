@@ -7,17 +7,19 @@ Given a checked :class:`~provider.host.wadm.Application` and a NATS server, it
 2. builds components that have sources (cached by their inputs) and compiles them
    (cached by wasm hash) off the event loop;
 3. launches the provider as a host does (:class:`~provider.host.lattice.LocalLattice`:
-   HostData on stdin with the capability's config, an empty environment, health-checked),
-   in the manifest's directory, so relative paths in link config mean the same as in
-   ``image:``;
+   HostData on stdin with the capability's config and secrets, an empty environment,
+   health-checked), in the manifest's directory, so relative paths in link config mean
+   the same as in ``image:``;
 4. instantiates each component and serves its ``handle-message`` over wRPC;
 5. puts the links, ``consumer`` links (component → provider) first, so a component can
-   already answer when a ``handler`` link makes the provider deliver to it; each put
-   waits for the provider's log line saying it was applied, and a rejected link stops
-   the run with the provider's reason.
+   already answer when a ``handler`` link makes the provider deliver to it, each side's
+   secrets sealed to the provider's xkey as a host seals them; each put
+   asks the provider for its answer (a :class:`~provider.wasmcloud.links.LinkAnswer`, not
+   a log line), and a rejected link stops the run with the provider's reason.
 
-Stopping is the reverse: the provider's shutdown request (it closes its sessions), then
-the components.
+Every secret reference is resolved (:func:`~provider.host.wadm.resolve_secrets`) before
+anything is built or started. Stopping is the reverse: the provider's shutdown request
+(it closes its sessions), then the components.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import tempfile
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -34,13 +35,22 @@ from provider.errors import ProviderError
 from provider.host.build import BuildError, ComponentBuilder, Image, ensure_built, resolve_image
 from provider.host.lattice import LocalLattice
 from provider.host.launcher import LAUNCHER_NAME, write_launcher
-from provider.host.wadm import Application, Link, ManifestError
+from provider.host.wadm import (
+    Application,
+    Link,
+    LocalSecrets,
+    ManifestError,
+    Resolved,
+    effective_config,
+    resolve_secrets,
+    secret_values,
+)
 from provider.host.wasm import FUEL_PER_CALL, WasmComponent, WasmEngine, load_component
 
 log = logging.getLogger("provider.host")
 
 LINK_WAIT = 10.0
-"""Seconds to wait for the provider to say it applied a link."""
+"""Seconds to wait for the provider's answer to a link put."""
 
 
 class HostError(ProviderError):
@@ -77,14 +87,6 @@ async def prepare(app: Application, base_dir: Path, cache_dir: Path) -> dict[str
     return paths
 
 
-def _setting(config: Mapping[str, str], key: str, default: str) -> str:
-    """A config value by case-insensitive key, as the provider reads config."""
-    for name, value in config.items():
-        if name.upper() == key:
-            return value
-    return default
-
-
 @dataclass(frozen=True)
 class Endpoint:
     """A server-mode listen address a handler link opens, for telling the user what to open."""
@@ -110,6 +112,7 @@ class LocalHost:
         echo_logs: bool = False,
         own_process_group: bool = False,
         fuel: int = FUEL_PER_CALL,
+        secrets: LocalSecrets | None = None,
     ) -> None:
         self.app = app
         self.nats_url = nats_url
@@ -121,6 +124,8 @@ class LocalHost:
         self.echo_logs = echo_logs
         self.own_process_group = own_process_group
         self.fuel = fuel
+        self.secrets = secrets or LocalSecrets()
+        self.resolved: Resolved = {}
         self.engine = WasmEngine(cache_dir)
         self.lattice: LocalLattice | None = None
         self.components: dict[str, WasmComponent] = {}
@@ -135,6 +140,7 @@ class LocalHost:
             raise
 
     async def _start(self) -> None:
+        self.resolved = resolve_secrets(self.app, self.secrets)  # before anything is built or started
         paths = await prepare(self.app, self.base_dir, self.cache_dir)
         compiled = {name: await load_component(self.engine, path) for name, path in paths.items()}
         launcher = self.launcher
@@ -148,6 +154,7 @@ class LocalHost:
             provider_id=capability.id,
             lattice=self.lattice_name,
             config=capability.config,
+            secrets=secret_values(capability.own.secrets, self.resolved),
             log_level=self.log_level,
             echo_logs=self.echo_logs,
             cwd=self.base_dir,
@@ -178,16 +185,26 @@ class LocalHost:
 
     async def _put_link(self, link: Link) -> None:
         assert self.lattice is not None
+        assert self.lattice.host is not None
+        where = f"{self.app.source}:{link.line}"
+        definition = self.lattice.host.seal_sides(  # both sides, to the provider, as a host seals them
+            link.definition,
+            self.lattice.provider,
+            source=secret_values(link.source_side.secrets, self.resolved),
+            target=secret_values(link.target_side.secrets, self.resolved),
+        )
         try:
-            line = await self.lattice.put_link(link.definition, wait=LINK_WAIT)
+            answer = await self.lattice.apply_link(definition, wait=LINK_WAIT)
         except TimeoutError:
             raise HostError(
-                f"{self.app.source}:{link.line}: the provider did not apply {link.definition.describe()} "
+                f"{where}: the provider did not answer the put of {link.definition.describe()} "
                 f"within {LINK_WAIT:g}s"
             ) from None
-        if line is None or "rejected link" in line:
-            reason = line[line.index("rejected link") :] if line else "no reason given"  # past the log prefix
-            raise HostError(f"{self.app.source}:{link.line}: the provider {reason}")
+        except ProviderError as exc:  # nobody listens, or the answer is not one
+            raise HostError(f"{where}: putting {link.definition.describe()}: {exc}") from None
+        assert answer is not None
+        if not answer.applied:
+            raise HostError(f"{where}: the provider {answer.text()}")
 
     def component(self, name: str) -> WasmComponent:
         """The running component called ``name`` in the manifest."""
@@ -197,14 +214,14 @@ class LocalHost:
         """The WebSocket servers the manifest's server-mode handler links open, and their pages."""
         found: list[Endpoint] = []
         for link in self.app.links:
-            if link.source != self.app.capability.name:
+            if not link.provider_is_source:
                 continue
-            config = {**self.app.capability.config, **link.definition.source_config}
-            if _setting(config, "MODE", "").lower() != "server":
+            config, _ = effective_config(self.app, link, self.resolved)
+            if config.get("MODE", "").lower() != "server":
                 continue
-            address = _setting(config, "URI", "127.0.0.1:8080")
-            path = _setting(config, "PATH", "/ws")
-            page = f"http://{address}/" if _setting(config, "STATIC_DIR", "") else None
+            address = config.get("URI", "127.0.0.1:8080")
+            path = config.get("PATH", "/ws")
+            page = f"http://{address}/" if config.get("STATIC_DIR", "") else None
             found.append(Endpoint(link.target, f"ws://{address}{path}", page))
         return found
 

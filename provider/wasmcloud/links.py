@@ -293,3 +293,78 @@ class LinkTable:
 
     def __len__(self) -> int:
         return len(self._links)
+
+
+# -- answers to link puts and deletes -------------------------------------------------------------------
+
+ANSWER_LIMIT = 16 * 1024
+"""Bytes an answer may have; a longer one is not an answer this provider sends."""
+ERROR_LIMIT = 4096
+"""Characters of a reason an answer carries (longer reasons are cut, saying so)."""
+
+
+class LinkOp(enum.Enum):
+    """What a control message asked of a link."""
+
+    PUT = "put"
+    DELETE = "delete"
+
+
+@dataclass(frozen=True)
+class LinkAnswer:
+    """What the provider made of one link put or delete.
+
+    A wasmCloud host publishes puts and deletes without a reply subject and expects no answer
+    (protocol spec §2.3). When one comes *with* a reply subject (the local host asks that way),
+    the provider answers with this, as JSON, once the link is applied or refused:
+    ``{"op": "put"|"delete", "applied": bool, "link": "<describe()>", "error": "<why not>"}``.
+    ``error`` is present only when ``applied`` is false. So whoever asks learns the outcome from
+    a structured answer, never from a log line.
+    """
+
+    op: LinkOp
+    applied: bool
+    link: str
+    error: str = ""
+
+    def encode(self) -> bytes:
+        """The JSON answer (``error`` cut to :data:`ERROR_LIMIT` characters)."""
+        body: dict[str, Any] = {"op": self.op.value, "applied": self.applied, "link": self.link}
+        if not self.applied:
+            error = self.error or "no reason given"
+            if len(error) > ERROR_LIMIT:
+                error = error[:ERROR_LIMIT] + f"… ({len(error) - ERROR_LIMIT} more characters)"
+            body["error"] = error
+        return json.dumps(body).encode()
+
+    @classmethod
+    def decode(cls, payload: bytes) -> LinkAnswer:
+        """Parse an answer. Raises :class:`ConfigError` for anything that is not exactly one."""
+        if len(payload) > ANSWER_LIMIT:
+            raise ConfigError(f"link answer: {len(payload)} bytes, more than an answer's {ANSWER_LIMIT}")
+        try:
+            raw = json.loads(payload)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"link answer is not JSON: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"link answer must be a JSON object, got {type(raw).__name__}")
+        try:
+            op = LinkOp(raw.get("op"))
+        except ValueError:
+            raise ConfigError(f"link answer: 'op' must be 'put' or 'delete', got {raw.get('op')!r}") from None
+        applied, link, error = raw.get("applied"), raw.get("link"), raw.get("error", "")
+        if not isinstance(applied, bool):
+            raise ConfigError(f"link answer: 'applied' must be true or false, got {applied!r}")
+        if not isinstance(link, str):
+            raise ConfigError(f"link answer: 'link' must be a string, got {link!r}")
+        if not isinstance(error, str):
+            raise ConfigError(f"link answer: 'error' must be a string, got {error!r}")
+        return cls(op, applied, link, "" if applied else error or "no reason given")
+
+    def text(self) -> str:
+        """One line saying what happened: ``put link …``, ``rejected link …: <why>``,
+        ``deleted link …`` or ``did not delete link …: <why>``."""
+        if self.applied:
+            return f"{'put' if self.op is LinkOp.PUT else 'deleted'} link {self.link}"
+        refused = "rejected" if self.op is LinkOp.PUT else "did not delete"
+        return f"{refused} link {self.link}: {self.error}"

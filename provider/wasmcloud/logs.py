@@ -3,9 +3,10 @@
 stderr is inherited from the host, so provider logs show in the host's output. Two filters
 sit on the one handler, so they hold for every record, the libraries' included:
 
-* :class:`Redactor`: no credential reaches the log at any level. websockets' debug logging
-  prints request lines and headers (``Authorization``, ``?token=``); those are masked, and so
-  is every secret value the provider was given (:func:`redact`).
+* :class:`RedactHandshakes` and :class:`Redactor`: no credential reaches the log at any
+  level. websockets' debug logging prints request lines and headers: their values and
+  queries are masked; in every other line ``Authorization:``/``Cookie:`` values and
+  ``?token=`` parameters are, and so is every secret value the provider was given (:func:`redact`).
 * :class:`RateLimiter`: a message that repeats (one template, any arguments) is written at
   most ``burst`` times per ``interval``; the next one written says how many were held back.
   A flood of bad frames, refused handshakes or ``accept()`` errors cannot flood the log.
@@ -135,6 +136,33 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+_HEADER_LINES = ("> %s: %s", "< %s: %s")
+"""How websockets (17.x) logs a handshake header: name, value."""
+_REQUEST_LINES = {"> GET %s HTTP/1.1": 0, "< %s %s %s": 1}
+"""How it logs a request line (client, server), and which argument is the path."""
+
+
+class RedactHandshakes(logging.Filter):
+    """websockets logs every handshake header and the request line at debug (turned on here
+    only at ``trace``). A header value or the query may be a credential (``Authorization``,
+    ``?token=``, a ``HEADER_*`` value from a secret): keep the names and the path, never the values."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("websockets") or not isinstance(record.msg, str):
+            return True
+        if not isinstance(record.args, tuple):
+            return True
+        args = list(record.args)
+        if record.msg in _HEADER_LINES and len(args) == 2:
+            args[1] = "<redacted>"
+        elif record.msg in _REQUEST_LINES and _REQUEST_LINES[record.msg] < len(args):
+            index = _REQUEST_LINES[record.msg]
+            path, question_mark, _ = str(args[index]).partition("?")
+            args[index] = f"{path}?<redacted>" if question_mark else path
+        record.args = tuple(args)
+        return True
+
+
 def configure(level: str, *, structured: bool, stream: TextIO | None = None) -> None:
     """Send every log record at ``level`` or above to ``stream`` (stderr), redacted and rate-limited."""
     handler = logging.StreamHandler(stream or sys.stderr)
@@ -143,6 +171,7 @@ def configure(level: str, *, structured: bool, stream: TextIO | None = None) -> 
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(RateLimiter())  # first: it keys on the template, before anything is formatted
+    handler.addFilter(RedactHandshakes())
     handler.addFilter(_redactor)
     root = logging.getLogger()
     for old in list(root.handlers):

@@ -5,9 +5,13 @@ capability, apply HostData's links, serve the ``consumer`` exports (queue group
 ``LATTICE.PROVIDER_ID``), then answer health checks as healthy.
 
 Link puts, link deletes and config updates are queued and applied **one at a time** by a
-single control task. Health checks are answered straight from their subscription, so a
-busy control task or data plane cannot delay them; a shutdown request for this host
-stops everything within the host's 300 ms budget.
+single control task. A put or delete that came with a reply subject is answered with a
+:class:`~provider.wasmcloud.links.LinkAnswer` once applied (a host sends none; the local
+host asks, so that it learns the outcome from a structured answer, not from a log line).
+
+Health checks are answered straight from their subscription, so a busy control task or
+data plane cannot delay them; a shutdown request for this host stops everything within
+the host's 300 ms budget.
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ from provider.wasmcloud.config import Config, parse_string_map
 from provider.wasmcloud.hostdata import HostData
 from provider.wasmcloud.links import (
     Link,
+    LinkAnswer,
     LinkDefinition,
+    LinkOp,
     LinkResolver,
     LinkTable,
     PutOutcome,
@@ -51,6 +57,7 @@ from provider.wrpc.messaging import (
     UnitResult,
 )
 from provider.wrpc.nats import Headers, Served, WrpcTransport, ensure_active
+from provider.wrpc.protocol import valid_subject
 from provider.wrpc.subjects import prefix
 
 log = logging.getLogger("provider.runtime")
@@ -67,12 +74,26 @@ HANDLE_MESSAGE_TIMEOUT = 10.0
 SHUTDOWN_BUDGET = 0.2
 """Seconds the capability gets to shut down: the host waits 300 ms for the reply in all."""
 CONNECT_TIMEOUT = 10.0
+REPLY_SUBJECT_LIMIT = 256
+"""Characters a reply subject of a link put or delete may have (an inbox has about 60)."""
 
 
 class _Event(enum.Enum):
     PUT = "link put"
     DELETE = "link delete"
     CONFIG = "config update"
+
+
+def answerable(reply: str) -> bool:
+    """Whether ``reply`` (a reply subject from the network) is one to publish an answer on: a
+    valid subject of printable ASCII, not too long, with no wildcard token."""
+    return (
+        0 < len(reply) <= REPLY_SUBJECT_LIMIT
+        and reply.isascii()
+        and reply.isprintable()
+        and valid_subject(reply)
+        and not any(token in ("*", ">") for token in reply.split("."))
+    )
 
 
 def nats_credentials(jwt: str, seed: str) -> UserString:
@@ -170,7 +191,7 @@ class ProviderRuntime:
         )
         self._prefix = prefix(host_data.lattice, host_data.provider_key)
         self.links = LinkTable()
-        self._events: asyncio.Queue[tuple[_Event, bytes]] = asyncio.Queue()
+        self._events: asyncio.Queue[tuple[_Event, bytes, str]] = asyncio.Queue()
         self._ready = False
         self._stopping = False
         self._torn_down = False
@@ -267,82 +288,113 @@ class ProviderRuntime:
     def _queue(self, kind: _Event) -> Callable[[Msg], Awaitable[None]]:
         async def enqueue(msg: Msg) -> None:
             if not self._stopping:
-                self._events.put_nowait((kind, msg.data))
+                self._events.put_nowait((kind, msg.data, msg.reply or ""))
 
         return enqueue
 
     async def _control_loop(self) -> None:
-        """Apply control events one at a time, in arrival order."""
+        """Apply control events one at a time, in arrival order; answer puts and deletes that asked."""
         while True:
-            kind, payload = await self._events.get()
+            kind, payload, reply = await self._events.get()
+            answer: LinkAnswer | None = None
             try:
                 if kind is _Event.PUT:
-                    await self._put(decode_link_definition(payload))
+                    answer = await self._put(decode_link_definition(payload))
                 elif kind is _Event.DELETE:
-                    await self._delete(decode_link_definition(payload))
+                    answer = await self._delete(decode_link_definition(payload))
                 else:
                     await self._update_config(payload)
             except ConfigError as exc:
                 log.error("ignored a %s: %s", kind.value, exc)
-            except Exception:
+                answer = self._refusal(kind, f"ignored: {exc}")
+            except Exception as exc:
                 log.exception("a %s failed", kind.value)
+                answer = self._refusal(kind, f"the provider failed to apply it: {exc}")
+            if reply and answer is not None:
+                self._answer(reply, answer)
 
-    async def _put(self, definition: LinkDefinition) -> None:
+    @staticmethod
+    def _refusal(kind: _Event, error: str) -> LinkAnswer | None:
+        """The answer to a put or delete that could not even be read (``None`` for other events)."""
+        op = {_Event.PUT: LinkOp.PUT, _Event.DELETE: LinkOp.DELETE}.get(kind)
+        return None if op is None else LinkAnswer(op, False, "", error)
+
+    def _answer(self, reply: str, answer: LinkAnswer) -> None:
+        """Publish ``answer`` on ``reply``, a subject from the network: only if it is a plain one."""
+        if not answerable(reply):
+            log.warning(
+                "did not answer a link %s on reply subject %r: not a plain NATS subject",
+                answer.op.value,
+                reply[:80],
+            )
+            return
+        try:
+            self._nc_or_raise().publish_now(reply, answer.encode())
+        except ProviderError as exc:  # closed while shutting down: nobody to tell
+            log.debug("could not answer a link %s: %s", answer.op.value, exc)
+
+    async def _put(self, definition: LinkDefinition) -> LinkAnswer:
+        """Apply a link put; what became of it."""
+        described = definition.describe()
         role = self._resolver.role(definition)
         if role is None:
-            log.debug("ignored a link that does not name this provider: %s", definition.describe())
-            return
+            log.debug("ignored a link that does not name this provider: %s", described)
+            return LinkAnswer(LinkOp.PUT, False, described, f"ignored: neither side is {self.provider_id!r}")
         if (definition.wit_namespace, definition.wit_package) != MESSAGING:
-            log.warning("ignored a link for an interface this provider lacks: %s", definition.describe())
-            return
+            log.warning("ignored a link for an interface this provider lacks: %s", described)
+            why = "ignored: this provider serves wasmcloud:messaging only"
+            return LinkAnswer(LinkOp.PUT, False, described, why)
         try:
             check_interfaces(definition, role, exports=EXPORTS, imports=IMPORTS)
             link = self._resolver.resolve(definition, role)
             logs.redact(*link.own.secret_values())
         except ConfigError as exc:
-            log.error("rejected link %s: %s", definition.describe(), exc)
-            return
+            log.error("rejected link %s: %s", described, exc)
+            return LinkAnswer(LinkOp.PUT, False, described, str(exc))
         outcome = self.links.outcome(link)
         if outcome is PutOutcome.DUPLICATE:
-            log.debug("ignored a duplicate put of link %s", definition.describe())
-            return
+            log.debug("ignored a duplicate put of link %s", described)
+            return LinkAnswer(LinkOp.PUT, True, described)
         if outcome is PutOutcome.CHANGED:
             previous = self.links.get(link.key)
             assert previous is not None
-            log.info("link %s changed: re-applying it", definition.describe())
-            await self._reapply(previous, link)
-            return
-        await self._apply(link)
+            log.info("link %s changed: re-applying it", described)
+            return await self._reapply(previous, link)
+        return await self._apply(link)
 
-    async def _apply(self, link: Link, previous: Link | None = None) -> None:
+    async def _apply(self, link: Link, previous: Link | None = None) -> LinkAnswer:
         """Put ``link`` (in place of ``previous``, if given); record it unless it is rejected."""
+        described = link.definition.describe()
         try:
             if previous is not None and isinstance(self._capability, ReplacesLinks):
                 await self._capability.replace_link(previous, link)
             else:
                 await self._capability.put_link(link)
         except ConfigError as exc:
-            log.error("rejected link %s: %s", link.definition.describe(), exc)
-            return
+            log.error("rejected link %s: %s", described, exc)
+            return LinkAnswer(LinkOp.PUT, False, described, str(exc))
         self.links.record(link)
-        log.info("put link %s as %s", link.definition.describe(), link.role.value)
+        log.info("put link %s as %s", described, link.role.value)
+        return LinkAnswer(LinkOp.PUT, True, described)
 
-    async def _reapply(self, previous: Link, link: Link) -> None:
+    async def _reapply(self, previous: Link, link: Link) -> LinkAnswer:
         """A changed link: replaced in place if the capability can, else deleted and put whole."""
         self.links.remove(previous.key)
         if not isinstance(self._capability, ReplacesLinks):
             await self._capability.delete_link(previous)
-            await self._apply(link)
-        else:
-            await self._apply(link, previous)
+            return await self._apply(link)
+        return await self._apply(link, previous)
 
-    async def _delete(self, definition: LinkDefinition) -> None:
+    async def _delete(self, definition: LinkDefinition) -> LinkAnswer:
+        """Apply a link delete; what became of it."""
+        described = definition.describe()
         link = self.links.remove(definition.key)
         if link is None:
-            log.debug("ignored a delete of a link this provider does not hold: %s", definition.describe())
-            return
+            log.debug("ignored a delete of a link this provider does not hold: %s", described)
+            return LinkAnswer(LinkOp.DELETE, False, described, "the provider holds no such link")
         await self._capability.delete_link(link)
-        log.info("deleted link %s", definition.describe())
+        log.info("deleted link %s", described)
+        return LinkAnswer(LinkOp.DELETE, True, described)
 
     async def _update_config(self, payload: bytes) -> None:
         try:

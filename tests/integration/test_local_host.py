@@ -12,20 +12,23 @@ import asyncio
 import json
 import os
 import re
+import secrets
 import signal
 import sys
 from collections.abc import Mapping
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.http11 import Request, Response
 
 from provider.host.local import HostError, LocalHost
 from provider.host.machine import free_port
 from provider.host.nats_server import NatsServer
-from provider.host.wadm import ManifestError, load
+from provider.host.wadm import LocalSecrets, ManifestError, load, parse_secret_args
 from provider.host.wadm import linked_component_manifest as manifest
 from tests.integration.components import BUILD_TIMEOUT, CACHE, ROOT, built, running
 
@@ -128,12 +131,23 @@ async def test_chat_demo_three_clients(nats_server: NatsServer, launcher: Path) 
 class Service:
     """An outside WebSocket service: answers each envelope with a ``reply_to`` on that subject."""
 
-    def __init__(self) -> None:
+    def __init__(self, token: str | None = None) -> None:
+        self.token = token
         self.connected: asyncio.Future[ServerConnection] = asyncio.get_running_loop().create_future()
         self.requests: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.answers: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.connections = 0
+        self.refused = 0
+
+    def check_token(self, connection: ServerConnection, request: Request) -> Response | None:
+        """With a token: refuse (HTTP 401) a handshake without ``Authorization: Bearer <token>``."""
+        if self.token is not None and request.headers.get("Authorization") != f"Bearer {self.token}":
+            self.refused += 1
+            return connection.respond(HTTPStatus.UNAUTHORIZED, "a bearer token is required\n")
+        return None
 
     async def handle(self, ws: ServerConnection) -> None:
+        self.connections += 1
         if not self.connected.done():
             self.connected.set_result(ws)
         async for frame in ws:
@@ -164,6 +178,222 @@ async def test_requester_round_trip_in_client_mode(
             assert request["reply_to"].startswith("ws.req.")
             answer = await asyncio.wait_for(service.answers.get(), WAIT)
             assert answer == {"subject": "job-1", "body": "answer to 2+2"}
+
+
+def readme_client_manifest() -> str:
+    """The client-mode ``wadm.yaml`` of the README, as written there."""
+    blocks = re.findall(r"```yaml\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    [block] = [block for block in blocks if "key: prices-token" in block]
+    assert "wss://prices.example.com/ws" in block
+    return str(block)
+
+
+def line_numbers(text: str, fragment: str) -> list[int]:
+    """The 1-based lines of ``text`` that contain ``fragment``."""
+    return [number for number, line in enumerate(text.splitlines(), start=1) if fragment in line]
+
+
+def readme_app_in(directory: Path, wasm: Mapping[str, Path], port: int) -> Path:
+    """The README's client-mode manifest in ``directory``, its URI on ``port``, its image there."""
+    (directory / "build" / "components").mkdir(parents=True, exist_ok=True)
+    image = directory / "build" / "components" / "requester.wasm"
+    if not image.exists():
+        image.symlink_to(wasm["requester"])
+    path = directory / "wadm.yaml"
+    path.write_text(
+        readme_client_manifest().replace("wss://prices.example.com/ws", f"ws://127.0.0.1:{port}/ws")
+    )
+    return path
+
+
+async def host_command(*args: str, cwd: Path = ROOT) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "provider.host",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=cwd,
+    )
+
+
+async def stopped(process: asyncio.subprocess.Process) -> None:
+    """Stop ``python -m provider.host`` if it still runs: Ctrl-C first, so that it stops NATS and
+    the provider (they run in process groups of their own, and would outlive a SIGKILL of it)."""
+    if process.returncode is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            await asyncio.wait_for(process.wait(), 15)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
+async def finished(process: asyncio.subprocess.Process, timeout: float = 60) -> tuple[int, str, str]:
+    """Exit code, stdout and stderr of a command that is expected to end by itself."""
+    try:
+        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
+    finally:
+        await stopped(process)
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode()
+
+
+async def test_the_readme_client_mode_example_runs_with_its_secret(
+    wasm: Mapping[str, Path], tmp_path: Path
+) -> None:
+    """``python -m provider.host run`` on the README's client-mode manifest with ``--secrets-file``:
+    the token reaches a server that requires it (sealed to the provider, opened there), both links
+    share one connection through the named config, a request through requester.wasm reaches the
+    server and its answer comes back, and the token appears nowhere in the host's output."""
+    token = f"tok-{secrets.token_hex(16)}"
+    service = Service(token)
+    port = free_port()
+    async with serve(
+        service.handle, "127.0.0.1", port, compression=None, process_request=service.check_token
+    ):
+        manifest_path = readme_app_in(tmp_path, wasm, port)
+        secrets_file = tmp_path / "secrets.yaml"
+        secrets_file.write_text(f"prices-token: {token}\n")
+        process = await host_command(
+            "run",
+            str(manifest_path),
+            "--cache-dir",
+            str(CACHE),
+            "--secrets-file",
+            str(secrets_file),
+            "--log-level",
+            "trace",  # everything the provider can log, websockets' handshake lines included
+        )
+        stderr_reader = asyncio.ensure_future(process.stderr.read()) if process.stderr else None
+        try:
+            assert process.stdout is not None
+            banner = []
+            async with asyncio.timeout(60):  # includes loading the compiled component from the cache
+                async for raw in process.stdout:
+                    banner.append(raw.decode())
+                    if "Ready." in banner[-1]:
+                        break
+            ws = await asyncio.wait_for(service.connected, WAIT)
+            await ws.send(json.dumps({"subject": "quote", "body": "EURUSD", "reply_to": "job-7"}))
+            request = await asyncio.wait_for(service.requests.get(), WAIT)
+            assert (request["subject"], request["body"]) == ("quote", "EURUSD")
+            answer = await asyncio.wait_for(service.answers.get(), WAIT)
+            assert answer == {"subject": "job-7", "body": "answer to EURUSD"}
+            assert (service.connections, service.refused) == (1, 0)
+            process.send_signal(signal.SIGINT)
+            assert await asyncio.wait_for(process.wait(), 15) == 0
+        finally:
+            await stopped(process)
+        rest = await process.stdout.read()
+        assert stderr_reader is not None
+        output = "".join(banner) + rest.decode() + (await stderr_reader).decode()
+    assert " provider.runtime: " in output  # the provider's own log is in what was searched
+    assert " websockets.client: > Authorization: <redacted>" in output
+    assert "stopped: provider, components and NATS" in output
+    assert token not in output
+
+
+async def test_check_shows_what_the_provider_gets_with_secrets_redacted(
+    wasm: Mapping[str, Path], tmp_path: Path
+) -> None:
+    """``check`` on the README's example: per link, the merged config and where each key comes
+    from; the token is shown as <redacted> and appears nowhere in the output."""
+    token = f"tok-{secrets.token_hex(16)}"
+    manifest_path = readme_app_in(tmp_path, wasm, 4321)
+    code, out, err = await finished(
+        await host_command("check", str(manifest_path), "--secret", f"prices-token={token}")
+    )
+    assert code == 0, err
+    text = manifest_path.read_text()
+    [defined] = line_numbers(text, "- name: prices-client")
+    assert re.search(
+        rf"URI +'ws://127\.0\.0\.1:4321/ws' +link config 'prices-client' \(.*wadm\.yaml:{defined}\)", out
+    )
+    named = rf"link config 'prices-prices_client' \(.*wadm\.yaml:{defined} as 'prices-client'\)"
+    assert re.search(rf"URI +'ws://127\.0\.0\.1:4321/ws' +{named}", out)
+    assert (
+        len(
+            re.findall(
+                r"AUTH_TOKEN +<redacted> +link secret 'AUTH_TOKEN' \(key 'prices-token', from --secret\)", out
+            )
+        )
+        == 2
+    )
+    assert token not in out + err
+
+
+async def test_a_missing_secret_or_config_stops_the_run_before_anything_starts(
+    wasm: Mapping[str, Path], tmp_path: Path
+) -> None:
+    """``run`` without the token: exit 2, each reference named with its line and where the key was
+    looked for, nothing started. A reference to a config that is nowhere: the same, with its line."""
+    manifest_path = readme_app_in(tmp_path, wasm, free_port())
+    text = manifest_path.read_text()
+    code, _, err = await finished(await host_command("run", str(manifest_path), "--cache-dir", str(CACHE)))
+    assert code == 2, err
+    lines = [line.removeprefix("error: ") for line in err.splitlines()]
+    expected = [f"{manifest_path}:{n}:" for n in line_numbers(text, "- name: AUTH_TOKEN")]
+    assert [line.split(" ", 1)[0] for line in lines] == expected
+    for line in lines:
+        assert "secret 'AUTH_TOKEN' (policy 'ws-secrets', key 'prices-token') has no value" in line
+        assert (
+            "looked for in --secrets-file (none given), --secret-env (none given) and --secret (none given)"
+            in line
+        )
+    assert "stopped:" not in err  # nothing was started, so nothing was stopped
+
+    manifest_path.write_text(text.replace("- name: prices-prices_client", "- name: prices-quotes"))
+    [number] = line_numbers(manifest_path.read_text(), "- name: prices-quotes")
+    code, _, err = await finished(
+        await host_command("run", str(manifest_path), "--cache-dir", str(CACHE), "--secret", "prices-token=t")
+    )
+    assert code == 2, err
+    assert err.startswith(
+        f"error: {manifest_path}:{number}: component 'websocket': link: source: config 'prices-quotes' "
+        "has no 'properties', so it names a config in the lattice's config store"
+    ), err
+    assert "stopped:" not in err
+
+
+async def test_provider_level_secrets_reach_the_provider_in_host_data(
+    wasm: Mapping[str, Path], nats_server: NatsServer, launcher: Path, tmp_path: Path
+) -> None:
+    """The capability's own ``secrets`` become HostData ``secrets``: a token given only there is a
+    default the provider uses for both links."""
+    token = f"tok-{secrets.token_hex(16)}"
+    service = Service(token)
+    port = free_port()
+    link_secret = (
+        "              secrets:\n"
+        "                - name: AUTH_TOKEN\n"
+        "                  properties: {policy: ws-secrets, key: prices-token}\n"
+    )
+    text = readme_app_in(tmp_path, wasm, port).read_text()
+    assert text.count(link_secret) == 2
+    text = text.replace(link_secret, "").replace(
+        "      properties: {image: file://./build/wasmcloud-ws-provider.par.gz}\n",
+        "      properties:\n"
+        "        image: file://./build/wasmcloud-ws-provider.par.gz\n"
+        "        secrets:\n"
+        "          - name: AUTH_TOKEN\n"
+        "            properties: {policy: ws-secrets, key: prices-token}\n",
+    )
+    store = LocalSecrets.layered(("--secret", parse_secret_args([f"prices-token={token}"])))
+    async with (
+        serve(service.handle, "127.0.0.1", port, compression=None, process_request=service.check_token),
+        running(text, nats_server, launcher, base_dir=tmp_path, secrets=store) as host,
+    ):
+        ws = await asyncio.wait_for(service.connected, WAIT)
+        await ws.send(json.dumps({"subject": "quote", "body": "GBP", "reply_to": "job-1"}))
+        assert await asyncio.wait_for(service.answers.get(), WAIT) == {
+            "subject": "job-1",
+            "body": "answer to GBP",
+        }
+        assert (service.connections, service.refused) == (1, 0)
+        assert host.lattice is not None
+        assert token not in host.lattice.process.output
 
 
 async def test_a_trapped_instance_is_replaced(

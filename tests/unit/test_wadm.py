@@ -6,11 +6,13 @@ starts anything. The spec's example (protocol spec §5) gives the link definitio
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
 import pytest
 
+from provider.errors import ConfigError
 from provider.host import wadm
 from provider.host.build import BuildError, ComponentSource, inputs_digest, resolve_image
 from provider.host.wadm import ManifestError, load
@@ -284,25 +286,6 @@ def test_config_value_that_is_not_a_string() -> None:
     assert 'quote it, LIFECYCLE_EVENTS: "true"' in message
 
 
-def test_config_reference_without_properties() -> None:
-    """A config entry without properties names a config-store entry; the local host has no config store."""
-    entry = "                - name: pymsg-consumer\n"
-    text = SPEC_EXAMPLE.replace(
-        entry + "                  properties:\n                    MODE: server\n", entry
-    )
-    message = error_of(text)
-    assert message.startswith("app.yaml:26: component 'echo': link: target: config 'pymsg-consumer' has no")
-    assert "give its properties inline" in message
-
-
-def test_secrets_are_refused() -> None:
-    text = SPEC_EXAMPLE.replace(
-        "            source:\n",
-        "            source:\n              secrets:\n                - name: token\n",
-    )
-    assert "link: source: secrets need a secret store" in error_of(text)
-
-
 def test_links_the_local_host_cannot_run() -> None:
     """Other interfaces, component-to-component links, wrong directions and self-links are refused."""
     other = SPEC_EXAMPLE.replace(
@@ -373,6 +356,389 @@ def test_shape_errors() -> None:
         SPEC_EXAMPLE.replace("        id: echo\n", "        image: other.wasm\n")
     )
     assert error_of("- a\n- b\n") == "app.yaml:1: the manifest must be a mapping, got a list"
+
+
+# -- named configs ----------------------------------------------------------------------------------------
+
+CLIENT = """\
+apiVersion: core.oam.dev/v1beta1
+kind: Application
+metadata:
+  name: prices
+spec:
+  policies:
+    - name: ws-secrets
+      type: policy.secret.wasmcloud.dev/v1alpha1
+      properties: {backend: nats-kv}
+  components:
+    - name: requester
+      type: component
+      properties:
+        image: file://./requester.wasm
+      traits:
+        - type: link
+          properties:
+            namespace: wasmcloud
+            package: messaging
+            interfaces: [consumer]
+            target:
+              name: websocket
+              config:
+                - name: prices-client
+                  properties: {MODE: client, URI: "ws://127.0.0.1:1/ws"}
+              secrets:
+                - name: AUTH_TOKEN
+                  properties: {policy: ws-secrets, key: prices-token}
+    - name: websocket
+      type: capability
+      properties:
+        image: file://./provider.par.gz
+        config:
+          - name: defaults
+            properties: {FORMAT: json, auth_token: from-config, SUBJECT: provider}
+        secrets:
+          - name: SUBJECT
+            properties: {policy: ws-secrets, key: limits, field: subject}
+      traits:
+        - type: link
+          properties:
+            namespace: wasmcloud
+            package: messaging
+            interfaces: [handler]
+            target: {name: requester}
+            source:
+              config:
+                - name: prices-prices_client
+              secrets:
+                - name: AUTH_TOKEN
+                  properties: {policy: ws-secrets, key: prices-token}
+"""
+"""The README's client-mode shape: a secret policy, a config defined once and referred to by the
+name wadm stores it under, the token a secret on both links, and a provider-level secret."""
+
+SECRETS = wadm.LocalSecrets.layered(
+    ("--secret", wadm.parse_secret_args(["prices-token=t0ken-value"])),
+    ("secrets.yaml", wadm.load_secrets_file("limits: {subject: from-secret}\n", "secrets.yaml")),
+)
+
+
+def named(text: str, source: str = "configs.yaml") -> wadm.NamedConfigs:
+    return wadm.load_named_configs(text, source)
+
+
+def load_error(text: str, configs: wadm.NamedConfigs | None = None) -> str:
+    with pytest.raises(ManifestError) as info:
+        load(text, source="app.yaml", named_configs=configs)
+    return str(info.value)
+
+
+def test_a_reference_names_an_inline_config_by_the_name_wadm_stores_it_under() -> None:
+    """``prices-prices_client`` (``<manifest>-<config>``, normalized) is the handler link's name for
+    the consumer link's inline ``prices-client``: both links get the same keys."""
+    app = load(CLIENT, source="app.yaml")
+    consumer, handler = app.links
+    assert consumer.definition.target_config == {"MODE": "client", "URI": "ws://127.0.0.1:1/ws"}
+    assert handler.definition.source_config == consumer.definition.target_config
+    [source] = handler.source_side.configs
+    assert (source.name, source.origin) == ("prices-prices_client", "app.yaml:24 as 'prices-client'")
+    assert wadm.stored_config_name("My App", "prices-client") == "my_app-prices_client"
+
+
+def test_a_reference_may_come_before_the_config_it_names() -> None:
+    """References are resolved once the whole manifest is read: the consumer link (first in the
+    file) names the config the handler link defines further down."""
+    text = CLIENT.replace(
+        '                - name: prices-client\n                  properties: {MODE: client, URI: "ws://127.0.0.1:1/ws"}\n',
+        "                - name: prices-shared\n",
+    ).replace(
+        "- name: prices-prices_client", "- name: shared\n                  properties: {MODE: client, URI: x}"
+    )
+    consumer, handler = load(text).links
+    assert (
+        consumer.definition.target_config
+        == handler.definition.source_config
+        == {"MODE": "client", "URI": "x"}
+    )
+
+
+def test_a_reference_resolves_from_a_config_file_with_its_line() -> None:
+    """A name the manifest does not define comes from ``--config-file``, as is; values must be strings."""
+    text = CLIENT.replace("- name: prices-prices_client", "- name: shared-client")
+    configs = named("shared-client:\n  MODE: client\n  URI: ws://elsewhere/\n")
+    [link] = [link for link in load(text, named_configs=configs).links if link.provider_is_source]
+    assert link.definition.source_config == {"MODE": "client", "URI": "ws://elsewhere/"}
+    assert link.source_side.configs[0].origin == "configs.yaml:1"
+    json_configs = named(json.dumps({"shared-client": {"MODE": "client"}}, indent="\t"), "configs.json")
+    assert load(text, named_configs=json_configs).links[1].definition.source_config == {"MODE": "client"}
+
+
+def test_the_manifest_wins_over_a_config_file_for_a_stored_name() -> None:
+    """wadm puts its inline configs into the config store, over what was there."""
+    configs = named("prices-prices_client: {MODE: server}\n")
+    assert load(CLIENT, named_configs=configs).links[1].definition.source_config["MODE"] == "client"
+
+
+def test_a_config_that_is_nowhere_names_its_line_and_where_it_was_looked_for() -> None:
+    text = CLIENT.replace("- name: prices-prices_client", "- name: prices-clinet")
+    message = load_error(text)
+    assert message.startswith(
+        "app.yaml:48: component 'websocket': link: source: config 'prices-clinet' has no 'properties'"
+    )
+    assert "this manifest's inline configs ('prices-defaults', 'prices-prices_client')" in message
+    assert "no --config-file (none given)" in message
+    assert "did you mean 'prices-prices_client'?" in message
+    with_file = load_error(text, named("other: {A: b}\n"))
+    assert "and in --config-file configs.yaml" in with_file
+
+
+def test_a_reference_by_the_bare_name_of_an_inline_config_says_how_to_name_it() -> None:
+    """In a lattice ``prices-client`` would be looked up as is, and not found: say the stored name."""
+    message = load_error(CLIENT.replace("- name: prices-prices_client", "- name: prices-client"))
+    assert message.startswith("app.yaml:48: component 'websocket': link: source: config 'prices-client'")
+    assert "The config 'prices-client' on line 24 is stored as 'prices-prices_client'" in message
+
+
+def test_two_link_configs_with_properties_may_not_share_a_name() -> None:
+    """wadm rejects it ("Duplicate link config name found"); the error shows the stored name to use."""
+    text = CLIENT.replace(
+        "                - name: prices-prices_client\n",
+        "                - name: prices-client\n                  properties: {MODE: client}\n",
+    )
+    message = load_error(text)
+    assert message.startswith(
+        "app.yaml:48: component 'websocket': link: source: config 'prices-client' is defined on line 24 too"
+    )
+    assert "- name: prices-prices_client" in message
+
+
+def test_two_inline_configs_stored_under_one_name_must_agree() -> None:
+    """``Defaults`` and ``defaults`` are both stored as ``prices-defaults``: with other keys, one
+    would overwrite the other."""
+    text = CLIENT.replace(
+        "        image: file://./requester.wasm\n",
+        "        image: file://./requester.wasm\n        config:\n"
+        "          - name: Defaults\n            properties: {FORMAT: raw}\n",
+    )
+    message = load_error(text)
+    assert message.startswith(
+        "app.yaml:37: component 'websocket': config 'defaults' and config 'Defaults' (line 16) are both"
+    )
+    assert "both stored by wadm as 'prices-defaults', with different properties" in message
+    same = text.replace("{FORMAT: raw}", "{FORMAT: json, auth_token: from-config, SUBJECT: provider}")
+    assert load(same).component("requester").own.configs[0].name == "Defaults"
+
+
+def test_config_file_errors_name_the_file_and_line() -> None:
+    def error(text: str) -> str:
+        with pytest.raises(ManifestError) as info:
+            named(text)
+        return str(info.value)
+
+    assert (
+        error("- a\n")
+        == "configs.yaml:1: a config file (config name → its properties) must be a mapping, got a list"
+    )
+    assert error("a:\n  PORT: 8080\n").startswith("configs.yaml:2: config 'a': PORT: 8080 is a number")
+    assert error("a: text\n") == "configs.yaml:1: config 'a': its properties must be a mapping, got a string"
+    assert error("a: {B: [c\n").startswith("configs.yaml:2: not valid YAML")
+    assert error("a: {}\na: {}\n").startswith("configs.yaml:2: not valid YAML")  # duplicate keys
+    assert named("").configs == {}
+
+
+# -- secrets ------------------------------------------------------------------------------------------
+
+
+def test_secrets_resolve_by_key_and_field_and_reach_both_levels() -> None:
+    """Link secrets by the reference's key, a provider secret by key and field; what a host hands
+    over is ``name → value``."""
+    app = load(CLIENT)
+    resolved = wadm.resolve_secrets(app, SECRETS)
+    consumer, handler = app.links
+    assert wadm.secret_values(consumer.target_side.secrets, resolved) == {"AUTH_TOKEN": "t0ken-value"}
+    assert wadm.secret_values(handler.source_side.secrets, resolved) == {"AUTH_TOKEN": "t0ken-value"}
+    assert wadm.secret_values(app.capability.own.secrets, resolved) == {"SUBJECT": "from-secret"}
+    assert [p.name for p in app.policies] == ["ws-secrets"]
+    assert "t0ken-value" not in repr(resolved)
+    assert "t0ken-value" not in repr(SECRETS)
+    assert "from-secret" not in repr(SECRETS)
+
+
+def test_effective_config_merges_as_the_provider_does_with_secrets_redacted() -> None:
+    """provider config < provider secrets < link config < link secrets, keys case-insensitive;
+    each key says where it came from, and no secret value is shown."""
+    app = load(CLIENT, source="app.yaml")
+    resolved = wadm.resolve_secrets(app, SECRETS)
+    config, settings = wadm.effective_config(app, app.links[1], resolved)
+    assert config["auth_token"] == "t0ken-value"  # the link secret beats the provider config
+    assert config["SUBJECT"] == "from-secret"  # a provider secret beats the provider config
+    assert config["MODE"] == "client"
+    rows = {s.key: (s.shown, s.origin) for s in settings}
+    assert rows["AUTH_TOKEN"] == (
+        "<redacted>",
+        "link secret 'AUTH_TOKEN' (key 'prices-token', from --secret)",
+    )
+    assert rows["SUBJECT"] == (
+        "<redacted>",
+        "provider secret 'SUBJECT' (key 'limits', from secrets.yaml:1, field 'subject')",
+    )
+    assert rows["FORMAT"] == ("'json'", "provider config 'defaults' (app.yaml:34)")
+    assert rows["MODE"] == ("'client'", "link config 'prices-prices_client' (app.yaml:24 as 'prices-client')")
+    assert not any("t0ken-value" in s.shown or "from-secret" in s.shown for s in settings)
+
+
+def test_every_missing_secret_is_reported_with_its_line_and_where_it_was_looked_for() -> None:
+    app = load(CLIENT, source="app.yaml")
+    store = wadm.LocalSecrets.layered(
+        ("--secrets-file s.yaml", wadm.load_secrets_file("prices_token: nope\n", "s.yaml")),
+        ("--secret", {}),
+    )
+    with pytest.raises(ManifestError) as info:
+        wadm.resolve_secrets(app, store)
+    lines = str(info.value).splitlines()
+    assert [line.split(": ", 1)[0] for line in lines] == ["app.yaml:27", "app.yaml:37", "app.yaml:50"]
+    assert lines[0].startswith(
+        "app.yaml:27: component 'requester': link: target: secret 'AUTH_TOKEN' "
+        "(policy 'ws-secrets', key 'prices-token') has no value: key 'prices-token' was looked for in "
+        "--secrets-file s.yaml and --secret (did you mean 'prices_token'?)"
+    )
+    assert "nope" not in str(info.value)
+    with pytest.raises(ManifestError, match="looked for in nowhere: no secrets were given"):
+        wadm.resolve_secrets(app, wadm.LocalSecrets())
+
+
+def test_fields_must_match_what_the_store_holds() -> None:
+    app = load(CLIENT, source="app.yaml")
+
+    def error(secrets_yaml: str) -> str:
+        store = wadm.LocalSecrets.layered(
+            ("f", wadm.load_secrets_file(secrets_yaml, "f.yaml")),
+            ("--secret", wadm.parse_secret_args(["prices-token=x"])),
+        )
+        with pytest.raises(ManifestError) as info:
+            wadm.resolve_secrets(app, store)
+        return str(info.value)
+
+    assert "asks for field 'subject', but key 'limits' (f.yaml:1) is a single value" in error(
+        "limits: v4lue\n"
+    )
+    assert "which key 'limits' (f.yaml:1) does not have (it has 'other')" in error("limits: {other: v4lue}\n")
+    app_no_field = load(CLIENT.replace(", field: subject", ""), source="app.yaml")
+    store = wadm.LocalSecrets.layered(("f", wadm.load_secrets_file("limits: {a: v4lue}\n", "f.yaml")))
+    with pytest.raises(
+        ManifestError, match=r"names no field, but key 'limits' \(f\.yaml:1\) holds fields \('a'\)"
+    ):
+        wadm.resolve_secrets(app_no_field, store)
+    assert "v4lue" not in error("limits: v4lue\n") + error("limits: {other: v4lue}\n")
+
+
+def test_secret_references_must_name_a_secret_policy_with_a_backend() -> None:
+    """wadm's policy checks: the policy exists, has the secret type, and a backend."""
+    unknown = load_error(
+        CLIENT.replace("{policy: ws-secrets, key: prices-token}", "{policy: vault, key: k}", 1)
+    )
+    assert unknown.startswith(
+        "app.yaml:28: component 'requester': link: target: secret 'AUTH_TOKEN' is mapped to unknown "
+        "policy 'vault'"
+    )
+    assert "(spec.policies has 'ws-secrets')" in unknown
+    other_type = load_error(
+        CLIENT.replace("type: policy.secret.wasmcloud.dev/v1alpha1", "type: policy.k8s/v1")
+    )
+    assert (
+        "mapped to policy 'ws-secrets' (line 7), which is not a secret policy: its type is 'policy.k8s/v1'"
+        in other_type
+    )
+    no_backend = load_error(CLIENT.replace("{backend: nats-kv}", "{region: eu}"))
+    assert "policy 'ws-secrets' (line 7), which has no 'backend' property" in no_backend
+    no_policies = load_error(CLIENT.replace("  policies:\n", "  unused:\n"))
+    assert "unknown policy 'ws-secrets' (spec.policies has none)" in no_policies
+
+
+def test_policy_shape_errors() -> None:
+    twice = CLIENT.replace(
+        "  components:\n",
+        "    - name: ws-secrets\n      type: x\n      properties: {}\n  components:\n",
+    )
+    assert load_error(twice).startswith(
+        "app.yaml:10: policy 'ws-secrets' is declared twice (first on line 7)"
+    )
+    no_props = load_error(CLIENT.replace("      properties: {backend: nats-kv}\n", ""))
+    assert no_props.startswith("app.yaml:7: policy 'ws-secrets' has no 'properties' (wadm requires them)")
+    number = load_error(CLIENT.replace("{backend: nats-kv}", "{backend: nats-kv, ttl: 30}"))
+    assert number.startswith("app.yaml:9: policy 'ws-secrets': ttl: 30 is a number")
+    assert "has no 'type'" in load_error(
+        CLIENT.replace("      type: policy.secret.wasmcloud.dev/v1alpha1\n", "")
+    )
+
+
+def test_secret_reference_shape_errors_and_warnings() -> None:
+    reference = "                - name: AUTH_TOKEN\n"
+    no_props = CLIENT.replace(
+        reference + "                  properties: {policy: ws-secrets, key: prices-token}\n", reference, 1
+    )
+    assert load_error(no_props).startswith(
+        "app.yaml:27: component 'requester': link: target: secret 'AUTH_TOKEN' has no 'properties'"
+    )
+    no_key = load_error(CLIENT.replace("{policy: ws-secrets, key: prices-token}", "{policy: ws-secrets}", 1))
+    assert no_key.startswith(
+        "app.yaml:28: component 'requester': link: target: secret 'AUTH_TOKEN' has no 'key'"
+    )
+    bad_field = load_error(CLIENT.replace("field: subject", "field: 3"))
+    assert bad_field.startswith(
+        "app.yaml:38: component 'websocket': secret 'SUBJECT': 'field' must be a non-empty"
+    )
+    no_name = load_error(CLIENT.replace("- name: AUTH_TOKEN", "- nom: AUTH_TOKEN", 1))
+    assert "secret entry has no 'name'" in no_name
+    typo = load(CLIENT.replace("key: prices-token}", "key: prices-token, feild: x}", 1), source="app.yaml")
+    assert typo.warnings == (
+        "app.yaml:28: component 'requester': link: target: secret 'AUTH_TOKEN': unknown property 'feild' "
+        "(a secret reference has policy, key, field, version); wadm ignores it",
+    )
+
+
+def test_two_references_kept_under_one_name_must_agree() -> None:
+    """wadm keeps a reference as ``SECRET_<manifest>-<name>``: the same name with another key would clash."""
+    text = (
+        CLIENT[: CLIENT.rindex("prices-token")] + "other-token" + CLIENT[CLIENT.rindex("prices-token") + 12 :]
+    )
+    message = load_error(text)
+    assert message.startswith("app.yaml:50: component 'websocket': link: source: secret 'AUTH_TOKEN' (policy")
+    assert "are both kept by wadm as 'SECRET_prices-auth_token' but refer to different values" in message
+
+
+def test_secret_arguments_and_files_never_show_a_value() -> None:
+    """A malformed ``--secret`` is not echoed (it may be the value); file errors show the line,
+    never the value."""
+    with pytest.raises(ConfigError) as info:
+        wadm.parse_secret_args(["ok=1", "hunter2"])
+    assert str(info.value).startswith("--secret #2: expected KEY=VALUE")
+    assert "hunter2" not in str(info.value)
+    with pytest.raises(ConfigError, match="--secret #1: expected KEY=VALUE"):
+        wadm.parse_secret_args(["=value"])
+    assert wadm.parse_secret_args(["k=a=b", "k2="])["k"].value == "a=b"
+
+    def file_error(text: str) -> str:
+        with pytest.raises(ManifestError) as info:
+            wadm.load_secrets_file(text, "s.yaml")
+        assert "8675309" not in str(info.value)
+        return str(info.value)
+
+    assert file_error("a: x\nb: 8675309\n").startswith(
+        "s.yaml:2: secret 'b' is a number; a secret is a string"
+    )
+    assert file_error("a: {f: 8675309}\n").startswith("s.yaml:1: secret 'a': field 'f' is a number")
+    assert file_error("a: '8675309\n").startswith("s.yaml:2: not valid YAML")
+    assert file_error("[8675309]\n").startswith("s.yaml:1: a secrets file (key → value) must be a mapping")
+
+
+def test_secret_env_takes_values_from_the_environment() -> None:
+    values = wadm.parse_secret_env(["prices-token=PRICES_TOKEN"], {"PRICES_TOKEN": "v"})
+    assert values["prices-token"].value == "v"
+    assert values["prices-token"].origin == "--secret-env ($PRICES_TOKEN)"
+    with pytest.raises(ConfigError, match="environment variable NOPE is not set"):
+        wadm.parse_secret_env(["k=NOPE"], {})
+    with pytest.raises(ConfigError, match="expected KEY=VARIABLE"):
+        wadm.parse_secret_env(["k"], {})
 
 
 # -- images -----------------------------------------------------------------------------------------------
