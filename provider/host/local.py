@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from provider.errors import ProviderError
+from provider.errors import ConfigError, ProviderError
 from provider.host.build import BuildError, ComponentBuilder, Image, ensure_built, resolve_image
 from provider.host.lattice import LocalLattice
 from provider.host.launcher import LAUNCHER_NAME, write_launcher
@@ -46,6 +46,7 @@ from provider.host.wadm import (
     secret_values,
 )
 from provider.host.wasm import FUEL_PER_CALL, WasmComponent, WasmEngine, load_component
+from provider.websocket.config import Mode, mode_of, server_settings
 
 log = logging.getLogger("provider.host")
 
@@ -217,12 +218,16 @@ class LocalHost:
             if not link.provider_is_source:
                 continue
             config, _ = effective_config(self.app, link, self.resolved)
-            if config.get("MODE", "").lower() != "server":
-                continue
-            address = config.get("URI", "127.0.0.1:8080")
-            path = config.get("PATH", "/ws")
-            page = f"http://{address}/" if config.get("STATIC_DIR", "") else None
-            found.append(Endpoint(link.target, f"ws://{address}{path}", page))
+            try:  # the provider's own key table reads the keys, defaults included
+                if mode_of(config) is not Mode.SERVER:
+                    continue
+                settings = server_settings(config)
+            except ConfigError:
+                continue  # the provider rejected this link already, saying why
+            address = f"{settings.host}:{settings.port}"
+            scheme = "wss" if settings.tls_cert else "ws"
+            page = f"{'https' if settings.tls_cert else 'http'}://{address}/" if settings.static_dir else None
+            found.append(Endpoint(link.target, f"{scheme}://{address}{settings.path}", page))
         return found
 
     async def stop(self) -> None:
