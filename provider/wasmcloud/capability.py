@@ -7,6 +7,7 @@ through the :class:`ProviderContext` the runtime gives it.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -24,8 +25,70 @@ class Health:
     message: str | None = None
 
 
+BusHandler = Callable[[str, str, bytes], Awaitable[None]]
+"""``(subject, reply, payload)`` of a message received on a :class:`Bus` subscription."""
+
+
+class BusSubscription(Protocol):
+    async def unsubscribe(self) -> None:
+        """Stop receiving (idempotent)."""
+
+
+class KeyValue(Protocol):
+    """A key-value bucket on the lattice (JetStream): entries expire unless their holder refreshes them."""
+
+    async def create(self, key: str, value: bytes) -> int | None:
+        """Put ``key`` if it does not exist; its revision, or ``None`` if someone holds it."""
+        ...
+
+    async def update(self, key: str, value: bytes, revision: int) -> int | None:
+        """Replace ``key`` if it is still at ``revision``; the new revision, or ``None`` if it changed."""
+        ...
+
+    async def get(self, key: str) -> tuple[bytes, int] | None:
+        """The value and revision of ``key``, or ``None``."""
+        ...
+
+    async def delete(self, key: str) -> None:
+        """Remove ``key`` (idempotent)."""
+
+
+class Bus(Protocol):
+    """The lattice's NATS, for what a capability's instances say to each other (design §7).
+
+    Subjects must lie under ``LATTICE.PROVIDER_ID.``: that is what the provider's NATS
+    permissions already allow, and it keeps one lattice's or provider's traffic from another's.
+    """
+
+    async def subscribe(self, subject: str, handler: BusHandler) -> BusSubscription:
+        """Deliver every message on ``subject`` (wildcards allowed) to ``handler``, in order."""
+        ...
+
+    def publish(self, subject: str, payload: bytes, reply: str = "") -> None:
+        """Send without waiting (raises :class:`~provider.errors.ProviderError` once closed)."""
+
+    async def request(self, subject: str, payload: bytes, timeout: float) -> bytes:
+        """One answer to ``payload`` on ``subject``. Raises :class:`~provider.errors.NoResponders`
+        at once when nobody serves it, :class:`~provider.errors.InvocationTimeout` after ``timeout``."""
+        ...
+
+    def new_inbox(self) -> str:
+        """A fresh subject to receive answers on."""
+        ...
+
+    async def key_value(self, bucket: str, ttl: float) -> KeyValue:
+        """The bucket (created if missing) whose entries live ``ttl`` seconds after their last write.
+        Raises :class:`~provider.errors.ProviderError` when the lattice has no JetStream."""
+        ...
+
+
 class ProviderContext(Protocol):
     """What the runtime offers a capability."""
+
+    @property
+    def bus(self) -> Bus:
+        """The lattice's NATS, shared by this provider's instances."""
+        ...
 
     @property
     def host_data(self) -> HostData: ...

@@ -28,7 +28,8 @@ from nats.aio.msg import Msg
 
 from provider.errors import ConfigError, ProviderError
 from provider.wasmcloud import logs
-from provider.wasmcloud.capability import Capability, Health, ReplacesLinks
+from provider.wasmcloud.bus import NatsBus
+from provider.wasmcloud.capability import Bus, Capability, Health, ReplacesLinks
 from provider.wasmcloud.config import Config, parse_string_map
 from provider.wasmcloud.hostdata import HostData
 from provider.wasmcloud.links import (
@@ -200,6 +201,7 @@ class ProviderRuntime:
         self._wrpc: WrpcTransport | None = None
         self._served: list[Served[Any, Any]] = []
         self._control_task: asyncio.Task[None] | None = None
+        self._bus: Bus | None = None
 
     # -- ProviderContext ----------------------------------------------------------------------
 
@@ -214,6 +216,12 @@ class ProviderRuntime:
     @property
     def config(self) -> Config:
         return self._config
+
+    @property
+    def bus(self) -> Bus:
+        if self._bus is None:
+            self._bus = NatsBus(self._nc_or_raise())
+        return self._bus
 
     async def handle_message(self, component_id: str, msg: BrokerMessage) -> UnitResult:
         """Invoke ``handle-message`` on ``component_id`` with ``source-id``/``target-id`` headers."""

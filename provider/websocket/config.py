@@ -381,6 +381,7 @@ SERVER_KEYS = KeyTable(
             ),
         ),
         Key("LIFECYCLE_EVENTS", None, False, "false", _choice(_BOOL, "must be true or false")),
+        Key("SESSIONS_TIMEOUT_MS", None, 300, "300", _whole(1, 60_000)),
         Key("STATIC_DIR", "static_dir", None, "none", _optional_text),
         SESSION_TRACKING,
     ],
@@ -539,6 +540,18 @@ def server_settings(config: Config) -> ServerSettings:
 
 _SUBSCRIPTIONS = next(k for k in SERVER_KEYS if k.name == "SUBSCRIPTIONS")
 _LIFECYCLE = next(k for k in SERVER_KEYS if k.name == "LIFECYCLE_EVENTS")
+
+
+_SESSIONS_TIMEOUT = next(k for k in SERVER_KEYS if k.name == "SESSIONS_TIMEOUT_MS")
+
+
+def sessions_timeout(config: Config) -> float:
+    """Seconds ``ws.sessions`` waits for the other instances (a consumer link's key, or the provider's)."""
+    try:
+        milliseconds: int = _SESSIONS_TIMEOUT.read(config, _SESSIONS_TIMEOUT)
+    except ConfigError:
+        milliseconds = _SESSIONS_TIMEOUT.default
+    return milliseconds / 1000
 
 
 def delivery(config: Config) -> Delivery:

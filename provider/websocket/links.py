@@ -27,7 +27,7 @@ from provider.websocket.client import Connection
 from provider.websocket.config import ClientSettings, Mode, client_settings, delivery, server_settings
 from provider.websocket.peer import Counters, Deliver
 from provider.websocket.server import SessionIndex, WsServer
-from provider.websocket.subjects import stable_id
+from provider.websocket.subjects import Ids
 
 log = logging.getLogger("provider.websocket")
 
@@ -39,10 +39,11 @@ ClientKey = tuple[str, str, str]
 class Servers:
     """The WebSocket servers, one per listen address, each shared by the handler links on it."""
 
-    def __init__(self, deliver: Deliver, counters: Counters, sessions: SessionIndex) -> None:
+    def __init__(self, deliver: Deliver, counters: Counters, sessions: SessionIndex, ids: Ids) -> None:
         self._deliver = deliver
         self._counters = counters
         self._sessions = sessions
+        self._ids = ids
         self.by_address: dict[Address, WsServer] = {}
 
     async def join(self, link: Link) -> WsServer:
@@ -55,7 +56,7 @@ class Servers:
         wanted = delivery(link.config)
         server = self.by_address.get(settings.address)
         if server is None:
-            server = WsServer(settings, self._deliver, self._counters, self._sessions)
+            server = WsServer(settings, self._deliver, self._counters, self._sessions, self._ids)
             await server.start()
             self.by_address[settings.address] = server
         else:
@@ -128,10 +129,13 @@ def _conflicts(link: Link, others: list[Link]) -> list[str]:
 class Connections:
     """The client connections, one per (component, ``URI``, link name)."""
 
-    def __init__(self, deliver: Deliver, counters: Counters, provider_config: Callable[[], Config]) -> None:
+    def __init__(
+        self, deliver: Deliver, counters: Counters, provider_config: Callable[[], Config], ids: Ids
+    ) -> None:
         self._deliver = deliver
         self._counters = counters
         self._provider_config = provider_config
+        self._ids = ids
         self.by_key: dict[ClientKey, SharedConnection] = {}
 
     async def join(self, link: Link) -> SharedConnection:
@@ -148,7 +152,7 @@ class Connections:
                 settings,
                 self._deliver,
                 self._counters,
-                connection_id=stable_id(*key),
+                connection_id=self._ids.connection(*key),
             )
             shared = SharedConnection(key, connection, {link.key: link})
             shared.refresh_flags()

@@ -27,7 +27,16 @@ from provider.wasmcloud.capability import Health, ProviderContext
 from provider.wasmcloud.config import Config
 from provider.wasmcloud.links import Link, LinkKey, Role
 from provider.websocket.client import Connection, State
-from provider.websocket.config import Mode, client_settings, delivery, key_warnings, mode_of, server_settings
+from provider.websocket.cluster import Cluster
+from provider.websocket.config import (
+    Mode,
+    client_settings,
+    delivery,
+    key_warnings,
+    mode_of,
+    server_settings,
+    sessions_timeout,
+)
 from provider.websocket.formats import Envelope, Format, FrameError
 from provider.websocket.links import (
     ClientLink,
@@ -44,12 +53,14 @@ from provider.websocket.subjects import (
     Broadcast,
     CloseSession,
     FrameType,
+    Ids,
     ListSessions,
     Other,
     Target,
     ToConnection,
     ToSession,
     parse_target,
+    tag_of,
 )
 from provider.wrpc.codec import Err, Ok
 from provider.wrpc.messaging import BrokerMessage, MessageResult, RequestParams, UnitResult
@@ -69,13 +80,26 @@ class WebSocketProvider:
     def __init__(self) -> None:
         self.counters = Counters()
         self.sessions = SessionIndex()
-        self.servers = Servers(self._handle, self.counters, self.sessions)
-        self.connections = Connections(self._handle, self.counters, self._provider_config)
         self.links: dict[LinkKey, LinkObject] = {}
         self._context: ProviderContext | None = None
+        self._use(Ids.for_instance())
+        self.cluster: Cluster | None = None
+
+    def _use(self, ids: Ids) -> None:
+        self.ids = ids
+        self.servers = Servers(self._handle, self.counters, self.sessions, ids)
+        self.connections = Connections(self._handle, self.counters, self._provider_config, ids)
 
     async def start(self, context: ProviderContext) -> None:
+        """Ids that name this instance (from HostData ``instance_id``), then join the other instances."""
         self._context = context
+        host = context.host_data
+        self._use(Ids.for_instance(host.instance_id))
+        self.cluster = Cluster(context.bus, host.lattice, context.provider_id, self.ids, self, self.counters)
+        await self.cluster.start()
+        log.info(
+            "instance %s: session and connection ids start with %s.", host.instance_id or "?", self.ids.tag
+        )
 
     def _provider_config(self) -> Config:
         return self._context.config if self._context is not None else Config()
@@ -166,6 +190,8 @@ class WebSocketProvider:
     async def shutdown(self) -> None:
         """Close every session (1001) and every client connection (1000), all at once."""
         self.links = {}
+        if self.cluster is not None:
+            await self.cluster.stop()
         servers = self.servers.take_all()
         connections = self.connections.take_all()
         await asyncio.gather(
@@ -184,6 +210,12 @@ class WebSocketProvider:
         )
         if failed:
             message += f", {failed} given up (MAX_RECONNECT_ATTEMPTS)"
+        if self.cluster is not None:
+            stats = self.cluster.stats
+            message += (
+                f"; instance {self.ids.tag} with {len(self.cluster.live())} other(s): forwarded {stats.forwarded} "
+                f"(failed {stats.forward_failures}), served {stats.served} for others"
+            )
         return Health(True, f"{message}; {self.counters.summary()}")
 
     # -- from components ------------------------------------------------------------------------------
@@ -204,19 +236,60 @@ class WebSocketProvider:
             case ToConnection():
                 # A connection's reply subject works whatever the consumer link's mode: a component
                 # that receives from a client-mode handler link can always answer what it received.
-                return await self._to_connection(component, target, msg)
+                elsewhere = await self._elsewhere(target.connection_id, component, msg)
+                return elsewhere or await self._to_connection(component, target, msg)
             case Other():
                 if client is None:
                     return Err(f"{SERVER_PUBLISH_HELP}; got {msg.subject!r}")
                 return await self._send_on(client.connection, component, msg, msg.subject, None)
             case Broadcast():
-                return self._broadcast(component, msg)
+                result = self._broadcast(component, msg)
+                if isinstance(result, Ok) and self.cluster is not None:
+                    self.cluster.broadcast(component, msg)
+                return result
             case ToSession() | CloseSession():
-                return self._to_session(component, target, msg)
+                elsewhere = await self._elsewhere(target.session_id, component, msg)
+                return elsewhere or self._to_session(component, target, msg)
             case ListSessions():
                 return Err(f"{SESSIONS!r} answers consumer.request, not publish")
             case _:
                 assert_never(target)
+
+    async def _elsewhere(self, some_id: str, component: str, msg: BrokerMessage) -> UnitResult | None:
+        """Forward ``msg`` to the instance that holds ``some_id``; ``None`` if it is this one's."""
+        owner = tag_of(some_id)
+        if owner is None or owner == self.ids.tag or self.cluster is None:
+            return None
+        return await self.cluster.forward(owner, component, msg)
+
+    # -- what this instance does for the others (cluster.Local) -----------------------------------------
+
+    async def publish_here(self, component: str, msg: BrokerMessage) -> UnitResult:
+        """A publish forwarded by another instance: its target must be ours; checked as a local one."""
+        target = parse_target(msg.subject)
+        result: UnitResult
+        match target:
+            case ToSession() | CloseSession() if self.ids.owns(target.session_id):
+                result = self._to_session(component, target, msg)
+            case ToConnection() if self.ids.owns(target.connection_id):
+                result = await self._to_connection(component, target, msg)
+            case _:
+                result = Err(f"{msg.subject!r} is not held by provider instance {self.ids.tag}")
+        if isinstance(result, Err):
+            self.counters.publish_errors += 1
+        return result
+
+    async def request_here(self, component: str, connection: str, params: RequestParams) -> MessageResult:
+        owned = self._owned_connection(connection, component)
+        if owned is None:
+            return Err(f"no connection {connection!r} of component {component!r} on instance {self.ids.tag}")
+        return await owned.request(params.subject, params.body, params.timeout_ms)
+
+    def broadcast_here(self, component: str, msg: BrokerMessage) -> None:
+        self._broadcast(component, msg)
+
+    def sessions_here(self, component: str) -> list[dict[str, object]]:
+        return [s.info() for s in self._reachable_sessions(component)]
 
     def _broadcast(self, component: str, msg: BrokerMessage) -> UnitResult:
         servers = self.servers.delivering_to(component)
@@ -248,18 +321,19 @@ class WebSocketProvider:
             return Err(f"session {target.session_id!r}: {exc}")
         return Ok(None)
 
+    def _owned_connection(self, connection_id: str, component: str) -> Connection | None:
+        for shared in self.connections.by_key.values():
+            if shared.connection.id == connection_id and shared.connection.component == component:
+                return shared.connection
+        return None
+
     async def _to_connection(self, component: str, target: ToConnection, msg: BrokerMessage) -> UnitResult:
-        owned = [
-            shared
-            for shared in self.connections.by_key.values()
-            if shared.connection.id == target.connection_id and shared.connection.component == component
-        ]
-        if not owned:
+        connection = self._owned_connection(target.connection_id, component)
+        if connection is None:
             return Err(
                 f"no connection {target.connection_id!r} of component {component!r} "
                 "(its links were deleted, or it belongs to another component)"
             )
-        connection = owned[0].connection
         if connection.settings.format is Format.RAW:
             # Raw frames have no subject: the suffix of a raw connection's reply subject is a frame type.
             frame_type = FrameType(target.reply) if target.reply in ("binary", "text") else None
@@ -285,9 +359,20 @@ class WebSocketProvider:
             return await current.connection.request(params.subject, params.body, params.timeout_ms)
         target: Target = parse_target(params.subject)
         if isinstance(target, ListSessions):
-            listing = [s.info() for s in self._reachable_sessions(link.component_id)]
-            return Ok(BrokerMessage(SESSIONS, json.dumps(listing).encode(), None))
+            return await self._list_sessions(link)
         return Err(f"in server mode, request answers only {SESSIONS!r}; got {params.subject!r}")
+
+    async def _list_sessions(self, link: Link) -> MessageResult:
+        """This instance's sessions the component may reach, and every other live instance's,
+        gathered within ``SESSIONS_TIMEOUT_MS``; subject ``ws.sessions.partial`` if one did not answer."""
+        component = link.component_id
+        listing = self.sessions_here(component)
+        missing: list[str] = []
+        if self.cluster is not None:
+            others, missing = await self.cluster.sessions(component, sessions_timeout(link.config))
+            listing.extend(others)
+        subject = SESSIONS if not missing else f"{SESSIONS}.partial"
+        return Ok(BrokerMessage(subject, json.dumps(listing).encode(), None))
 
     def _reachable_sessions(self, component: str) -> list[Session]:
         servers: list[WsServer] = self.servers.delivering_to(component)

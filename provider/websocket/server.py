@@ -60,8 +60,8 @@ from provider.websocket.subjects import (
     CONNECTED,
     DISCONNECTED,
     FrameType,
+    Ids,
     is_reserved,
-    new_id,
     session_subject,
 )
 from provider.wrpc.messaging import BrokerMessage
@@ -106,6 +106,7 @@ class Session:
             "path": self.path,
             "query": self.query,
             "listen": f"{self.server.settings.host}:{self.server.settings.port}",
+            "instance": self.server.instance,
         }
 
     def send(self, frame: Frame) -> None:
@@ -155,9 +156,15 @@ class WsServer:
     """A listening WebSocket server and its sessions, delivering to the handler links on its address."""
 
     def __init__(
-        self, settings: ServerSettings, deliver: Deliver, counters: Counters, index: SessionIndex
+        self,
+        settings: ServerSettings,
+        deliver: Deliver,
+        counters: Counters,
+        index: SessionIndex,
+        ids: Ids | None = None,
     ) -> None:
         self.settings = settings
+        self._ids = ids or Ids.for_instance()
         self.counters = counters
         self.closer = Closer()
         self._deliver = deliver
@@ -174,6 +181,11 @@ class WsServer:
 
     def remove_link(self, key: LinkKey) -> None:
         self._links.pop(key, None)
+
+    @property
+    def instance(self) -> str:
+        """The tag of the provider instance this server runs in (the first token of its session ids)."""
+        return self._ids.tag
 
     @property
     def has_links(self) -> bool:
@@ -311,7 +323,7 @@ class WsServer:
         s = self.settings
         url = urlsplit(ws.request.path if ws.request else s.path)
         host, port = ws.remote_address[:2] if ws.remote_address else ("?", 0)
-        session = Session(new_id(), ws, self, f"{host}:{port}", url.path, _strip_token(url.query))
+        session = Session(self._ids.session(), ws, self, f"{host}:{port}", url.path, _strip_token(url.query))
         self.sessions[session.id] = session
         self._index.add(session)
         window = DeliveryWindow(s.delivery_window)

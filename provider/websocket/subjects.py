@@ -23,6 +23,7 @@ subjects. The provider reserves the ``ws.`` prefix for that:
 
 from __future__ import annotations
 
+import base64
 import enum
 import hashlib
 import secrets
@@ -73,6 +74,48 @@ def stable_id(*parts: str) -> str:
         digest.update(part.encode("utf-8", errors="surrogatepass"))
         digest.update(b"\x00")
     return digest.hexdigest()
+
+
+TAG_LENGTH = 10
+"""Base32 characters of an instance tag: 50 bits, so instances of one provider never share one."""
+
+
+def instance_tag(instance_id: str = "") -> str:
+    """The token that names one provider instance in its ids: derived from HostData's
+    ``instance_id`` (a fresh UUID on every start), or random without one."""
+    seed = instance_id.encode("utf-8", errors="surrogatepass") if instance_id else secrets.token_bytes(16)
+    return base64.b32encode(hashlib.sha256(seed).digest()).decode("ascii")[:TAG_LENGTH].lower()
+
+
+def tag_of(some_id: str) -> str | None:
+    """The instance a session or connection id belongs to (``None`` for an id without a tag)."""
+    tag, dot, rest = some_id.partition(".")
+    return tag if dot and tag and rest else None
+
+
+@dataclass(frozen=True)
+class Ids:
+    """Session and connection ids that name their instance: ``<tag>.<128 random bits>`` (design §7).
+
+    The owner of an id is known from the id alone; the tag is its own subject token, so one
+    wildcard subscription per instance (``….<tag>.>``) reaches all of its sessions.
+    """
+
+    tag: str
+
+    @classmethod
+    def for_instance(cls, instance_id: str = "") -> Ids:
+        return cls(instance_tag(instance_id))
+
+    def session(self) -> str:
+        return f"{self.tag}.{new_id()}"
+
+    def connection(self, *parts: str) -> str:
+        """A client connection's id: stable for the same ``parts`` on this instance (:func:`stable_id`)."""
+        return f"{self.tag}.{stable_id(*parts)}"
+
+    def owns(self, some_id: str) -> bool:
+        return tag_of(some_id) == self.tag
 
 
 def session_subject(session_id: str, frame_type: FrameType | None = None) -> str:
@@ -131,19 +174,26 @@ Target = ToSession | Broadcast | ListSessions | CloseSession | ToConnection | Ot
 _FRAME_TYPES = {t.value: t for t in FrameType}
 
 
-def _id_after(subject: str, prefix: str) -> str | None:
-    rest = subject[len(prefix) :]
-    return rest if rest and "." not in rest else None
+def _id_of(tokens: list[str]) -> str | None:
+    """An id from its tokens: ``<tag>.<rand>`` (or one token, which no instance owns)."""
+    return ".".join(tokens) if 1 <= len(tokens) <= 2 and all(tokens) else None
 
 
 def _session_after(subject: str) -> ToSession | None:
-    session, dot, suffix = subject[len(SESSION) :].partition(".")
-    if not session:
+    tokens = subject[len(SESSION) :].split(".")
+    frame_type = _FRAME_TYPES.get(tokens[-1]) if len(tokens) > 1 else None
+    if frame_type is not None:
+        tokens = tokens[:-1]
+    session = _id_of(tokens)
+    return ToSession(session, frame_type) if session is not None else None
+
+
+def _connection_after(subject: str) -> ToConnection | None:
+    tokens = subject[len(CONNECTION) :].split(".")
+    connection = _id_of(tokens[:2])
+    if connection is None:
         return None
-    if not dot:
-        return ToSession(session)
-    frame_type = _FRAME_TYPES.get(suffix)
-    return ToSession(session, frame_type) if frame_type is not None else None
+    return ToConnection(connection, ".".join(tokens[2:]) or None)
 
 
 def parse_target(subject: str) -> Target:
@@ -155,12 +205,10 @@ def parse_target(subject: str) -> Target:
             return ListSessions()
         if subject.startswith(SESSION) and (target := _session_after(subject)):
             return target
-        if subject.startswith(CLOSE) and (session := _id_after(subject, CLOSE)):
+        if subject.startswith(CLOSE) and (session := _id_of(subject[len(CLOSE) :].split("."))):
             return CloseSession(session)
-        if subject.startswith(CONNECTION):
-            connection, _, reply = subject[len(CONNECTION) :].partition(".")
-            if connection:
-                return ToConnection(connection, reply or None)
+        if subject.startswith(CONNECTION) and (connection := _connection_after(subject)):
+            return connection
     return Other(subject)
 
 

@@ -258,7 +258,7 @@ async def test_frames_reach_the_component_in_order_with_the_connection_as_reply_
     assert {m.subject for m in messages[:200]} == {"ticks"}
     reply_to = messages[0].reply_to
     assert reply_to is not None
-    assert re.fullmatch(r"ws\.conn\.[0-9a-f]{32}", reply_to)
+    assert re.fullmatch(r"ws\.conn\.[a-z2-7]{10}\.[0-9a-f]{32}", reply_to)
     assert all(m.reply_to == reply_to for m in messages[:200])
     assert messages[200].reply_to == f"{reply_to}.client-7.inbox"
 
@@ -272,7 +272,7 @@ async def test_publish_to_reply_to_goes_back_on_the_connection(make_lattice: Mak
     conn = await peer.connection()
     await conn.send(envelope("ping", "plain"))
     answer = await peer.json_frame()
-    assert re.fullmatch(r"ws\.conn\.[0-9a-f]{32}", answer["subject"])
+    assert re.fullmatch(r"ws\.conn\.[a-z2-7]{10}\.[0-9a-f]{32}", answer["subject"])
     assert answer["body"] == "plain"
     await conn.send(envelope("ping", "with reply_to", reply_to="rpc.42"))
     assert await peer.json_frame() == {"subject": "rpc.42", "body": "with reply_to"}

@@ -10,6 +10,7 @@ import asyncio
 import base64
 import json
 import os
+import re
 import sys
 from typing import Any
 
@@ -124,7 +125,8 @@ async def test_client_supplied_reply_to_is_ignored(make_lattice: MakeLattice) ->
         messages = await inbox.wait_for(2)
     assert messages[1].reply_to != seen.reply_to
     assert all(m.reply_to and m.reply_to.startswith("ws.session.") for m in messages)
-    assert len(messages[0].reply_to or "") == len("ws.session.") + 32
+    # <instance tag>.<128 random bits>: the id names the instance that holds the session (design §7)
+    assert re.fullmatch(r"ws\.session\.[a-z2-7]{10}\.[0-9a-f]{32}", messages[0].reply_to or "")
 
 
 async def test_bad_json_gets_an_error_frame_and_the_session_goes_on(

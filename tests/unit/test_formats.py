@@ -125,9 +125,11 @@ def test_error_frames() -> None:
         ("ws.sessions", ListSessions()),
         ("ws.close.abc", CloseSession("abc")),
         ("ws.conn.c1", ToConnection("c1", None)),
-        ("ws.conn.c1.their.reply", ToConnection("c1", "their.reply")),
+        ("ws.conn.t.c1", ToConnection("t.c1", None)),
+        ("ws.conn.t.c1.their.reply", ToConnection("t.c1", "their.reply")),
         ("ws.session.", Other("ws.session.")),
-        ("ws.session.a.b", Other("ws.session.a.b")),
+        ("ws.session.a.b", ToSession("a.b")),
+        ("ws.session.a.b.c", Other("ws.session.a.b.c")),
         ("chat.room", Other("chat.room")),
     ],
 )
@@ -138,8 +140,8 @@ def test_parse_target(subject: str, target: object) -> None:
 
 def test_connection_subject_carries_the_peer_reply() -> None:
     """A frame with its own reply_to gets a reply subject that leads back to it."""
-    assert connection_subject("c1") == "ws.conn.c1"
-    assert parse_target(connection_subject("c1", "_INBOX.x")) == ToConnection("c1", "_INBOX.x")
+    assert connection_subject("t.c1") == "ws.conn.t.c1"
+    assert parse_target(connection_subject("t.c1", "_INBOX.x")) == ToConnection("t.c1", "_INBOX.x")
 
 
 def test_ids_are_128_bits_of_hex() -> None:
@@ -364,7 +366,8 @@ def test_raw_encode_takes_the_frame_type_asked_for() -> None:
     [
         ("ws.session.abc.binary", ToSession("abc", FrameType.BINARY)),
         ("ws.session.abc.text", ToSession("abc", FrameType.TEXT)),
-        ("ws.session.abc.other", Other("ws.session.abc.other")),
+        ("ws.session.t.abc.other", Other("ws.session.t.abc.other")),
+        ("ws.session.t.abc.binary", ToSession("t.abc", FrameType.BINARY)),
         ("ws.session..binary", Other("ws.session..binary")),
     ],
 )
