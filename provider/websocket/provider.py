@@ -213,8 +213,9 @@ class WebSocketProvider:
         if self.cluster is not None:
             stats = self.cluster.stats
             message += (
-                f"; instance {self.ids.tag} with {len(self.cluster.live())} other(s): forwarded {stats.forwarded} "
-                f"(failed {stats.forward_failures}), served {stats.served} for others"
+                f"; instance {self.ids.tag} with {len(self.cluster.live())} other(s): "
+                f"forwarded {stats.forwarded} (failed {stats.forward_failures}), "
+                f"served {stats.served} for others"
             )
         return Health(True, f"{message}; {self.counters.summary()}")
 
