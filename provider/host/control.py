@@ -149,6 +149,24 @@ class HostControl:
         payload = self._put_payload(provider, link, secrets)
         return await self._ask(self.subjects(provider).link_put, payload, LinkOp.PUT, link, timeout)
 
+    async def wait_listening(self, provider: ProviderIdentity, timeout: float) -> None:
+        """Return once ``provider`` answers on its own link-put subject (its xkey's, so this very
+        instance and no other instance of the same id); :class:`TimeoutError` after ``timeout``.
+
+        Health cannot tell: every instance of a provider id answers the one health subject.
+        The probe is a link that names neither side, which the provider answers as ignored.
+        """
+        probe = LinkDefinition(
+            "local-host-probe", "local-host-probe", "wasmcloud", "messaging", ("consumer",)
+        )
+        async with asyncio.timeout(timeout):
+            while True:
+                try:
+                    await self.ask_put_link(provider, probe, timeout=timeout)
+                    return
+                except ConfigError:  # not subscribed yet: nobody listens on its subject
+                    await asyncio.sleep(0.02)  # retrying a request that NATS answered at once
+
     def _put_payload(
         self, provider: ProviderIdentity, link: LinkDefinition, secrets: Mapping[str, str | bytes] | None
     ) -> bytes:

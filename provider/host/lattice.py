@@ -7,13 +7,17 @@ Used by the tests, the benchmarks and the local host.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from provider.host.control import HostControl, ProviderIdentity
 from provider.host.launcher import ProviderProcess
 from provider.host.native import NativeComponent, OnMessage
 from provider.wasmcloud.links import LinkAnswer, LinkDefinition
+from provider.websocket import forwarding
+from provider.websocket.subjects import instance_tag
 from provider.wrpc.connection import NatsConnection
 from provider.wrpc.connection import connect as connect_nats
 from provider.wrpc.nats import WrpcTransport
@@ -72,6 +76,8 @@ class LocalLattice:
         self._components: list[NativeComponent] = []
         self.host: HostControl | None = None
         self.transport: WrpcTransport | None = None
+        self.instance_id = ""
+        """HostData ``instance_id`` of the running provider (new on every start)."""
 
     @property
     def provider_id(self) -> str:
@@ -88,10 +94,12 @@ class LocalLattice:
         self.transport = WrpcTransport(await self.connect())
         await self.transport.start()
         data = self.host.host_data(self.provider, nats_url=self.nats_url, **self._start_args)  # type: ignore[arg-type]
+        self.instance_id = data.instance_id
         await self.process.start(data)
         if wait_healthy is not None:
             try:
                 await self.host.wait_healthy(self.provider, wait_healthy)
+                await self.host.wait_listening(self.provider, wait_healthy)
             except TimeoutError:
                 raise TimeoutError(
                     f"the provider was not healthy within {wait_healthy}s:\n{self.process.output}"
@@ -147,6 +155,17 @@ class LocalLattice:
             return None
         answer = await self.host.ask_delete_link(self.provider, link, timeout=wait)
         return answer.text()
+
+    async def instance_health(self, timeout: float = 2.0) -> dict[str, Any]:
+        """The health answer of this very instance (every instance of the provider id answers the
+        host's health subject; this asks the instance on its own subject, design §7)."""
+        assert self.host is not None
+        subject = forwarding.to_instance(
+            self.lattice, self.provider_id, instance_tag(self.instance_id), forwarding.HEALTH
+        )
+        reply = await self.host.nc.request(subject, b"", timeout=timeout)
+        answer: dict[str, Any] = json.loads(reply.data)
+        return answer
 
     async def shutdown(self) -> bytes | None:
         """The host's shutdown request; the provider's reply, or ``None`` if none came in time."""

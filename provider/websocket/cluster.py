@@ -73,6 +73,10 @@ class Local(Protocol):
         """This instance's sessions that ``component`` may reach, as ``ws.sessions`` lists them."""
         ...
 
+    def health_here(self) -> bytes:
+        """This instance's health answer (the JSON the host's health subject gets from any instance)."""
+        ...
+
 
 @dataclass
 class ForwardStats:
@@ -303,7 +307,9 @@ class Cluster:
         if not reply:
             self._bad(subject, "no reply subject")
             return
-        if op == fw.PUBLISH:
+        if op == fw.HEALTH:
+            self._bus.publish(reply, self._local.health_here())
+        elif op == fw.PUBLISH:
             try:
                 message = decode(fw.FORWARDED, data)
             except CodecError as exc:

@@ -8,6 +8,8 @@ provider ids, and the provider's NATS permissions (``LATTICE.>``) already allow 
                                      instance ``<tag>`` (answer: ``result<_, string>``)
 ``L.P.ws.<tag>.request``             request: a component's ``consumer.request`` on a connection
                                      ``<tag>`` holds (answer: ``result<broker-message, string>``)
+``L.P.ws.<tag>.health``              request: that instance's health answer (the host's health subject
+                                     is shared by every instance, so any of them answers it)
 ``L.P.ws.all.broadcast``             every instance: send to its sessions that the component reaches
 ``L.P.ws.all.sessions``              every instance: answer the reply subject with its sessions
 ``L.P.ws.all.here`` / ``….gone``     presence: an instance that runs (every few seconds) or stops
@@ -31,6 +33,7 @@ PUBLISH = "publish"
 REQUEST = "request"
 BROADCAST = "broadcast"
 SESSIONS = "sessions"
+HEALTH = "health"
 HERE = "here"
 GONE = "gone"
 ANSWER = "answer-"

@@ -289,6 +289,10 @@ class WebSocketProvider:
     def broadcast_here(self, component: str, msg: BrokerMessage) -> None:
         self._broadcast(component, msg)
 
+    def health_here(self) -> bytes:
+        health = self.health()
+        return json.dumps({"healthy": health.healthy, "message": health.message}).encode()
+
     def sessions_here(self, component: str) -> list[dict[str, object]]:
         return [s.info() for s in self._reachable_sessions(component)]
 
