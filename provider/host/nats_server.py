@@ -36,7 +36,8 @@ class NatsServer:
     """A ``nats-server`` child process. Use as a context manager or call start/stop.
 
     ``own_process_group`` starts it in a process group of its own, so a terminal's Ctrl-C
-    reaches only its parent, which stops it after everything that uses it.
+    reaches only its parent, which stops it after everything that uses it. JetStream is on
+    (its store in the server's temporary directory), as in a wasmCloud lattice.
     """
 
     def __init__(
@@ -48,8 +49,10 @@ class NatsServer:
         extra_config: str = "",
         start_timeout: float = 10.0,
         own_process_group: bool = False,
+        jetstream: bool = True,
     ) -> None:
         self.host = host
+        self.jetstream = jetstream
         self.own_process_group = own_process_group
         self.port = port
         self.max_payload = max_payload
@@ -80,6 +83,11 @@ class NatsServer:
         lines = [f'host: "{self.host}"', f"port: {self.port}"]
         if self.max_payload is not None:
             lines.append(f"max_payload: {self.max_payload}")
+        if self.jetstream:  # as in a wasmCloud lattice, whose hosts keep their state in JetStream
+            store = Path(self._dir.name) / "jetstream"
+            lines.append(
+                f'jetstream {{ store_dir: "{store}", max_memory_store: 64MB, max_file_store: 256MB }}'
+            )
         if self.extra_config:
             lines.append(self.extra_config)
         config.write_text("\n".join(lines) + "\n")

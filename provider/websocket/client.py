@@ -66,6 +66,7 @@ server is slowed down by TCP, nothing is dropped), which also delays answers to 
 class State(enum.Enum):
     """Where a connection is in its life; shown in the health message and in errors."""
 
+    STANDBY = "held by another instance"
     CONNECTING = "connecting"
     OPEN = "open"
     WAITING = "waiting to reconnect"
@@ -134,6 +135,20 @@ class Connection:
         """``ws.conn.<id>``: the ``reply-to`` of this connection's frames."""
         return connection_subject(self.id)
 
+    @property
+    def started(self) -> bool:
+        return self._task is not None
+
+    @property
+    def closed(self) -> bool:
+        return self._closing is not None
+
+    def fresh(self) -> Connection:
+        """A new, unstarted connection with this one's id, settings and links (after a close)."""
+        copy = Connection(self.component, self.settings, self._deliver, self._counters, self.id)
+        copy.has_handler, copy.has_consumer = self.has_handler, self.has_consumer
+        return copy
+
     def start(self) -> None:
         """Start connecting (in the background) and delivering."""
         where = self.settings.where
@@ -186,6 +201,8 @@ class Connection:
             await asyncio.gather(self._task, return_exceptions=True)
         self.settings, self._tls = settings, tls
         self._close_reason = "link deleted"
+        if self._task is None:  # standing by (another instance holds the connection): nothing to restart
+            return True
         self._task = asyncio.create_task(self._run(), name=f"ws-client {settings.where}")
         return True
 

@@ -433,6 +433,13 @@ CLIENT_KEYS = KeyTable(
         ),
         Key("SEND_QUEUE_LIMIT", "send_queue_limit", MIB, "1048576", _whole(1024, 256 * MIB)),
         Key("DELIVERY_WINDOW", "delivery_window", 1, "1", _whole(1, 1024)),
+        Key(
+            "CONNECTIONS",
+            "connections",
+            "one",
+            "one",
+            _choice({"one": "one", "every": "every"}, "must be one or every"),
+        ),
         SESSION_TRACKING,
     ],
 )
@@ -578,6 +585,7 @@ class ClientSettings:
     max_message_bytes: int = CLIENT_KEYS.default("max_message_bytes")
     send_queue_limit: int = CLIENT_KEYS.default("send_queue_limit")
     delivery_window: int = CLIENT_KEYS.default("delivery_window")
+    connections: str = CLIENT_KEYS.default("connections")
 
     @property
     def secure(self) -> bool:

@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from provider.errors import ConfigError
 from provider.wasmcloud.config import Config
 from provider.wasmcloud.links import Link, LinkKey, Role
-from provider.websocket.client import Connection
+from provider.websocket.client import Connection, State
 from provider.websocket.config import ClientSettings, Mode, client_settings, delivery, server_settings
+from provider.websocket.election import Elector, Holder, Lease
 from provider.websocket.peer import Counters, Deliver
 from provider.websocket.server import SessionIndex, WsServer
 from provider.websocket.subjects import Ids
@@ -101,6 +102,39 @@ class SharedConnection:
     connection: Connection
     links: dict[LinkKey, Link] = field(default_factory=dict)
     """In the order they were put: a later link's keys win where two set one differently."""
+    lease: Lease | None = None
+    """With ``CONNECTIONS=one``: the election of the one instance that connects."""
+
+    @property
+    def holder(self) -> Holder | None:
+        """The instance that holds the connection when another one does (``None``: this one, or nobody)."""
+        if self.lease is None or self.lease.holding:
+            return None
+        return self.lease.holder
+
+    async def take(self) -> None:
+        """This instance won the election: connect."""
+        if self.connection.closed:
+            self.connection = self.connection.fresh()
+        if not self.connection.started:
+            log.info(
+                "%s: this instance holds the connection to %s", self.key[0], self.connection.settings.where
+            )
+            self.connection.start()
+
+    async def give_up(self, reason: str) -> None:
+        """Another instance holds the connection now: close ours (1000) and stand by."""
+        log.warning(
+            "%s: closing the connection to %s: %s", self.key[0], self.connection.settings.where, reason
+        )
+        await self.connection.close(reason)
+        self.connection = self.connection.fresh()
+        self.connection.state = State.STANDBY
+
+    async def close(self, reason: str = "link deleted") -> None:
+        if self.lease is not None:
+            await self.lease.close()
+        await self.connection.close(reason)
 
     def config(self, provider: Config) -> Config:
         """Provider defaults, then each link's own keys: a key one link sets is never dropped
@@ -130,12 +164,18 @@ class Connections:
     """The client connections, one per (component, ``URI``, link name)."""
 
     def __init__(
-        self, deliver: Deliver, counters: Counters, provider_config: Callable[[], Config], ids: Ids
+        self,
+        deliver: Deliver,
+        counters: Counters,
+        provider_config: Callable[[], Config],
+        ids: Ids,
+        elector: Elector | None = None,
     ) -> None:
         self._deliver = deliver
         self._counters = counters
         self._provider_config = provider_config
         self._ids = ids
+        self._elector = elector
         self.by_key: dict[ClientKey, SharedConnection] = {}
 
     async def join(self, link: Link) -> SharedConnection:
@@ -157,7 +197,12 @@ class Connections:
             shared = SharedConnection(key, connection, {link.key: link})
             shared.refresh_flags()
             self.by_key[key] = shared
-            connection.start()
+            if settings.connections == "one" and self._elector is not None:
+                connection.state = State.STANDBY
+                shared.lease = self._elector.lease(key, connection.id, shared.take, shared.give_up)
+                shared.lease.start()
+            else:
+                connection.start()
             return shared
         others = [other for k, other in shared.links.items() if k != link.key]
         links = {k: v for k, v in shared.links.items() if k != link.key} | {link.key: link}
@@ -187,7 +232,7 @@ class Connections:
         if not shared.links:
             if self.by_key.get(shared.key) is shared:
                 del self.by_key[shared.key]
-            await shared.connection.close()
+            await shared.close()
             return
         try:
             await self._apply(shared, client_settings(shared.config(self._provider_config())))

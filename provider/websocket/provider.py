@@ -37,6 +37,7 @@ from provider.websocket.config import (
     server_settings,
     sessions_timeout,
 )
+from provider.websocket.election import Elector, Holder
 from provider.websocket.formats import Envelope, Format, FrameError
 from provider.websocket.links import (
     ClientLink,
@@ -59,6 +60,7 @@ from provider.websocket.subjects import (
     Target,
     ToConnection,
     ToSession,
+    connection_subject,
     parse_target,
     tag_of,
 )
@@ -96,6 +98,8 @@ class WebSocketProvider:
         host = context.host_data
         self._use(Ids.for_instance(host.instance_id))
         self.cluster = Cluster(context.bus, host.lattice, context.provider_id, self.ids, self, self.counters)
+        elector = Elector(context.bus, host.lattice, context.provider_id, self.ids.tag)
+        self.connections = Connections(self._handle, self.counters, self._provider_config, self.ids, elector)
         await self.cluster.start()
         log.info(
             "instance %s: session and connection ids start with %s.", host.instance_id or "?", self.ids.tag
@@ -196,7 +200,7 @@ class WebSocketProvider:
         connections = self.connections.take_all()
         await asyncio.gather(
             *(s.stop() for s in servers),
-            *(c.connection.close("provider shutting down") for c in connections),
+            *(c.close("provider shutting down") for c in connections),
             return_exceptions=True,
         )
 
@@ -204,10 +208,13 @@ class WebSocketProvider:
         clients = [shared.connection for shared in self.connections.by_key.values()]
         open_clients = sum(1 for c in clients if c.state is State.OPEN)
         failed = sum(1 for c in clients if c.state is State.FAILED)
+        standby = sum(1 for c in clients if c.state is State.STANDBY)
         message = (
             f"{len(self.servers.by_address)} server(s), {len(self.sessions)} session(s), "
             f"{open_clients}/{len(clients)} client connection(s) open"
         )
+        if standby:
+            message += f", {standby} held by another instance"
         if failed:
             message += f", {failed} given up (MAX_RECONNECT_ATTEMPTS)"
         if self.cluster is not None:
@@ -242,6 +249,14 @@ class WebSocketProvider:
             case Other():
                 if client is None:
                     return Err(f"{SERVER_PUBLISH_HELP}; got {msg.subject!r}")
+                holder = await self._holder(client)
+                if holder is not None and self.cluster is not None:
+                    # Another instance holds the connection (CONNECTIONS=one): send through it.
+                    raw = client.connection.settings.format is Format.RAW
+                    via = connection_subject(holder.connection_id, None if raw else msg.subject)
+                    return await self.cluster.forward(
+                        holder.tag, component, BrokerMessage(via, msg.body, msg.reply_to)
+                    )
                 return await self._send_on(client.connection, component, msg, msg.subject, None)
             case Broadcast():
                 result = self._broadcast(component, msg)
@@ -255,6 +270,21 @@ class WebSocketProvider:
                 return Err(f"{SESSIONS!r} answers consumer.request, not publish")
             case _:
                 assert_never(target)
+
+    async def _holder(self, client: ClientLink) -> Holder | None:
+        """The other instance that holds ``client``'s connection, if one does; while an election is
+        still open (nobody holds it yet), wait for it up to ``CONNECT_TIMEOUT_SEC``."""
+        lease = client.shared.lease
+        if lease is None:
+            return None
+        if lease.holder is None:
+            lease.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(client.connection.settings.connect_timeout):
+                    while lease.holder is None:
+                        await lease.changed.wait()
+                        lease.changed.clear()
+        return client.shared.holder
 
     async def _elsewhere(self, some_id: str, component: str, msg: BrokerMessage) -> UnitResult | None:
         """Forward ``msg`` to the instance that holds ``some_id``; ``None`` if it is this one's."""
@@ -361,6 +391,11 @@ class WebSocketProvider:
     async def request(self, link: Link, params: RequestParams) -> MessageResult:
         current = self.links.get(link.key)
         if isinstance(current, ClientLink):
+            holder = await self._holder(current)
+            if holder is not None and self.cluster is not None:
+                return await self.cluster.forward_request(
+                    holder.tag, link.component_id, holder.connection_id, params
+                )
             return await current.connection.request(params.subject, params.body, params.timeout_ms)
         target: Target = parse_target(params.subject)
         if isinstance(target, ListSessions):

@@ -107,7 +107,7 @@ def _operator() -> Operator:
 @pytest.fixture(scope="module")
 def operator_server() -> Iterator[tuple[NatsServer, Operator]]:
     operator = _operator()
-    with NatsServer(extra_config=operator.server_config) as server:
+    with NatsServer(extra_config=operator.server_config, jetstream=False) as server:
         yield server, operator
 
 
