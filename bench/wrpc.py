@@ -63,15 +63,27 @@ class Row:
     rate: float
     p50_ms: float
     p99_ms: float
+    caller_cpu_us: float
+    callee_cpu_us: float
 
 
-async def measure(name: str, call: Callable[[], Awaitable[object]], in_flight: int, seconds: float) -> Row:
-    """Run ``call`` with ``in_flight`` workers for ``seconds``; rate and latency percentiles."""
+def cpu_ns(pid: int | str = "self") -> int:
+    """CPU time the main thread of ``pid`` has run, in ns (``/proc/<pid>/schedstat``, Linux)."""
+    with open(f"/proc/{pid}/schedstat") as stat:
+        return int(stat.read().split()[0])
+
+
+async def measure(
+    name: str, call: Callable[[], Awaitable[object]], in_flight: int, seconds: float, callee: int
+) -> Row:
+    """Run ``call`` with ``in_flight`` workers for ``seconds``: rate, latency percentiles, and
+    the CPU time per call of this process and of the callee (pid ``callee``)."""
     latencies: list[float] = []
     loop = asyncio.get_running_loop()
     for _ in range(200):  # warm-up
         await call()
     deadline = loop.time() + seconds
+    cpu_caller, cpu_callee = cpu_ns(), cpu_ns(callee)
 
     async def worker() -> None:
         while loop.time() < deadline:
@@ -82,11 +94,16 @@ async def measure(name: str, call: Callable[[], Awaitable[object]], in_flight: i
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(in_flight)))
     elapsed = time.perf_counter() - started
+    calls = len(latencies)
+    caller_us = (cpu_ns() - cpu_caller) / calls / 1e3
+    callee_us = (cpu_ns(callee) - cpu_callee) / calls / 1e3
     quantiles = statistics.quantiles(latencies, n=100)
-    return Row(name, in_flight, len(latencies) / elapsed, quantiles[49] * 1e3, quantiles[98] * 1e3)
+    return Row(
+        name, in_flight, calls / elapsed, quantiles[49] * 1e3, quantiles[98] * 1e3, caller_us, callee_us
+    )
 
 
-async def run(url: str, seconds: float) -> list[Row]:
+async def run(url: str, seconds: float, callee: int) -> list[Row]:
     nc: NatsConnection = await connect_nats(url)
     shared = WrpcTransport(nc, inbox=SharedInbox(nc))
     per_call = WrpcTransport(nc, inbox=PerCallInbox(nc))
@@ -105,9 +122,9 @@ async def run(url: str, seconds: float) -> list[Row]:
 
     rows = []
     for in_flight in (1, 50):
-        rows.append(await measure("nats-py request/reply", plain, in_flight, seconds))
-        rows.append(await measure("wRPC, shared inbox", wrpc_shared, in_flight, seconds))
-        rows.append(await measure("wRPC, SUB/UNSUB per call", wrpc_per_call, in_flight, seconds))
+        rows.append(await measure("nats-py request/reply", plain, in_flight, seconds, callee))
+        rows.append(await measure("wRPC, shared inbox", wrpc_shared, in_flight, seconds, callee))
+        rows.append(await measure("wRPC, SUB/UNSUB per call", wrpc_per_call, in_flight, seconds, callee))
     await shared.close()
     await per_call.close()
     await nc.close()
@@ -118,14 +135,15 @@ def table(rows: list[Row]) -> str:
     """A Markdown table; the ratio compares with plain request/reply at the same concurrency."""
     baseline = {row.in_flight: row.rate for row in rows if row.name.startswith("nats-py")}
     lines = [
-        "| call | in flight | calls/s | ratio to request/reply | p50 ms | p99 ms |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| call | in flight | calls/s | ratio to request/reply | p50 ms | p99 ms "
+        "| caller CPU µs/call | callee CPU µs/call |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         ratio = row.rate / baseline[row.in_flight]
         lines.append(
             f"| {row.name} | {row.in_flight} | {row.rate:,.0f} | {ratio:.2f} | "
-            f"{row.p50_ms:.3f} | {row.p99_ms:.3f} |"
+            f"{row.p50_ms:.3f} | {row.p99_ms:.3f} | {row.caller_cpu_us:.0f} | {row.callee_cpu_us:.0f} |"
         )
     return "\n".join(lines)
 
@@ -150,7 +168,7 @@ def main() -> None:
             assert callee.stdin is not None
             if callee.stdout.readline().strip() != "ready":
                 raise SystemExit("the callee process did not start")
-            rows = asyncio.run(run(server.url, args.seconds))
+            rows = asyncio.run(run(server.url, args.seconds, callee.pid))
         finally:
             if callee.stdin:
                 callee.stdin.close()
