@@ -4,10 +4,17 @@ Start-up follows the Rust SDK's order: connect, subscribe the control subjects, 
 capability, apply HostData's links, serve the ``consumer`` exports (queue group
 ``LATTICE.PROVIDER_ID``), then answer health checks as healthy.
 
-Link puts, link deletes and config updates are queued and applied **one at a time** by a
-single control task. Health checks are answered straight from their subscription, so a
-busy control task or data plane cannot delay them; a shutdown request for this host
-stops everything within the host's 300 ms budget.
+Link puts, link deletes and config updates are queued (at most
+:data:`CONTROL_QUEUE_LIMIT` of them) and applied **one at a time** by a single control
+task. Health checks are answered straight from their subscription, so a busy control task
+or data plane cannot delay them; a shutdown request for this host stops everything within
+the host's 300 ms budget.
+
+The five control subjects are direct subscriptions of the
+:class:`~provider.wrpc.connection.NatsConnection`: their handlers run where the reader
+parses a message, take its raw bytes, and whatever cannot be used (a reply subject that is
+not UTF-8, a payload that does not parse, a full queue, a handler that raises) is dropped,
+counted in the connection's ``drops`` and logged rate-limited, while the reader goes on.
 """
 
 from __future__ import annotations
@@ -19,8 +26,6 @@ import logging
 from collections import UserString
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
-
-from nats.aio.msg import Msg
 
 from provider.errors import ConfigError, ProviderError
 from provider.wasmcloud.capability import Capability, Health
@@ -49,6 +54,7 @@ from provider.wrpc.messaging import (
     UnitResult,
 )
 from provider.wrpc.nats import Headers, Served, WrpcTransport, ensure_active
+from provider.wrpc.protocol import valid_subject
 from provider.wrpc.subjects import prefix
 
 log = logging.getLogger("provider.runtime")
@@ -61,6 +67,13 @@ HANDLE_MESSAGE_TIMEOUT = 10.0
 SHUTDOWN_BUDGET = 0.2
 """Seconds the capability gets to shut down: the host waits 300 ms for the reply in all."""
 CONNECT_TIMEOUT = 10.0
+CONTROL_QUEUE_LIMIT = 256
+"""Control events (link puts, deletes, config updates) waiting to be applied; past it they are
+dropped and counted. A host sends a handful at a time."""
+BAD_CONTROL = "bad_control_message"
+"""Drop reason: a control message that could not be applied (not JSON, not a link, …)."""
+CONTROL_QUEUE_FULL = "control_queue_full"
+"""Drop reason: more control messages arrived than :data:`CONTROL_QUEUE_LIMIT` can hold."""
 
 
 class _Event(enum.Enum):
@@ -158,7 +171,7 @@ class ProviderRuntime:
         )
         self._prefix = prefix(host_data.lattice, host_data.provider_key)
         self.links = LinkTable()
-        self._events: asyncio.Queue[tuple[_Event, bytes]] = asyncio.Queue()
+        self._events: asyncio.Queue[tuple[_Event, bytes]] = asyncio.Queue(CONTROL_QUEUE_LIMIT)
         self._ready = False
         self._stopping = False
         self._torn_down = False
@@ -167,6 +180,7 @@ class ProviderRuntime:
         self._wrpc: WrpcTransport | None = None
         self._served: list[Served[Any, Any]] = []
         self._control_task: asyncio.Task[None] | None = None
+        self._shutdown_task: asyncio.Task[None] | None = None
 
     # -- ProviderContext ----------------------------------------------------------------------
 
@@ -210,11 +224,11 @@ class ProviderRuntime:
         self._wrpc = WrpcTransport(nc)
         await self._wrpc.start()
         s = self._subjects
-        await nc.subscribe(s.health, cb=self._on_health)
-        await nc.subscribe(s.shutdown, cb=self._on_shutdown)
-        await nc.subscribe(s.link_put, cb=self._queue(_Event.PUT))
-        await nc.subscribe(s.link_delete, cb=self._queue(_Event.DELETE))
-        await nc.subscribe(s.config_update, cb=self._queue(_Event.CONFIG))
+        await nc.subscribe_direct(s.health, self._on_health)
+        await nc.subscribe_direct(s.shutdown, self._on_shutdown)
+        await nc.subscribe_direct(s.link_put, self._queue(_Event.PUT))
+        await nc.subscribe_direct(s.link_delete, self._queue(_Event.DELETE))
+        await nc.subscribe_direct(s.config_update, self._queue(_Event.CONFIG))
         await ensure_active(nc)
         log.info(
             "provider %s started on lattice %r (host %s, instance %s); link puts on %s",
@@ -252,10 +266,16 @@ class ProviderRuntime:
 
     # -- control plane ------------------------------------------------------------------------
 
-    def _queue(self, kind: _Event) -> Callable[[Msg], Awaitable[None]]:
-        async def enqueue(msg: Msg) -> None:
-            if not self._stopping:
-                self._events.put_nowait((kind, msg.data))
+    def _queue(self, kind: _Event) -> Callable[[bytes, bytes, bytes, bytes | None], None]:
+        def enqueue(subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+            if self._stopping:
+                return
+            try:
+                self._events.put_nowait((kind, data))
+            except asyncio.QueueFull:
+                self._nc_or_raise().drop(
+                    CONTROL_QUEUE_FULL, subject, f"a {kind.value}: {CONTROL_QUEUE_LIMIT} wait already"
+                )
 
         return enqueue
 
@@ -271,9 +291,17 @@ class ProviderRuntime:
                 else:
                     await self._update_config(payload)
             except ConfigError as exc:
-                log.error("ignored a %s: %s", kind.value, exc)
-            except Exception:
-                log.exception("a %s failed", kind.value)
+                self._nc_or_raise().drop(
+                    BAD_CONTROL, self._subject_of(kind), f"ignored a {kind.value}: {exc}"
+                )
+            except Exception as exc:  # whatever a hostile payload provokes: one line, no traceback flood
+                self._nc_or_raise().drop(
+                    BAD_CONTROL, self._subject_of(kind), f"a {kind.value} failed: {type(exc).__name__}: {exc}"
+                )
+
+    def _subject_of(self, kind: _Event) -> str:
+        s = self._subjects
+        return {_Event.PUT: s.link_put, _Event.DELETE: s.link_delete, _Event.CONFIG: s.config_update}[kind]
 
     async def _put(self, definition: LinkDefinition) -> None:
         role = self._resolver.role(definition)
@@ -334,7 +362,9 @@ class ProviderRuntime:
                 await self._capability.delete_link(link)
                 await self._apply(updated)
 
-    async def _on_health(self, msg: Msg) -> None:
+    def _on_health(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        if not reply:
+            return  # nobody to answer
         if not self._ready:
             health = Health(False, "starting")
         else:
@@ -346,25 +376,37 @@ class ProviderRuntime:
         body: dict[str, Any] = {"healthy": health.healthy}
         if health.message is not None:
             body["message"] = health.message
-        if msg.reply:
-            await self._nc_or_raise().publish(msg.reply, json.dumps(body).encode())
+        # A reply subject that is not UTF-8 raises here: the connection drops and counts it.
+        self._nc_or_raise().publish_now(reply.decode(), json.dumps(body).encode())
 
-    async def _on_shutdown(self, msg: Msg) -> None:
+    def _on_shutdown(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
         try:
-            host_id = json.loads(msg.data).get("host_id", "")
-        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-            host_id = ""
+            request = json.loads(data)
+        except (ValueError, RecursionError):  # not UTF-8, not JSON, nested too deep
+            request = None
+        host_id = request.get("host_id", "") if isinstance(request, dict) else ""
         if host_id != self._host.host_id:
             # Every instance of this provider id in the lattice hears this subject (spec §2.5).
             log.debug("ignored a shutdown request for host %r", host_id)
             return
+        if self._shutdown_task is not None:
+            return  # already shutting down
         log.info("shutdown requested by host %s", host_id)
-        await self._teardown_data_plane()
-        nc = self._nc_or_raise()
-        if msg.reply:
-            await nc.publish(msg.reply, b"shutting down")
-        await nc.flush()
-        self._stopped.set()
+        try:
+            answer_to = reply.decode()
+        except UnicodeDecodeError:
+            answer_to = ""  # still shut down: the request names this host
+        self._shutdown_task = asyncio.create_task(self._shutdown(answer_to))
+
+    async def _shutdown(self, reply: str) -> None:
+        try:
+            await self._teardown_data_plane()
+            nc = self._nc_or_raise()
+            if reply and valid_subject(reply):
+                nc.publish_now(reply, b"shutting down")
+            await nc.flush()
+        finally:
+            self._stopped.set()
 
     async def _teardown_data_plane(self) -> None:
         """Stop control events and exports, then shut the capability down. Runs once."""
