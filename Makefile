@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test unit lint format launcher bench bench-wrpc clean run components chromium
+.PHONY: setup test unit lint format launcher bench bench-wrpc fuzz clean run components chromium
 
 setup: $(STAMP)
 
@@ -26,6 +26,7 @@ lint: setup
 ## components, headless Chromium for the demo page)
 test: lint chromium
 	$(BIN)/python -m pytest
+	$(MAKE) fuzz FUZZ_SECONDS=20
 
 unit: setup
 	$(BIN)/python -m pytest tests/unit
@@ -41,6 +42,17 @@ launcher: setup
 ## bench-wrpc: wRPC calls/s next to plain nats-py request/reply, measured in one run
 bench-wrpc: setup
 	$(BIN)/python -m bench.wrpc
+
+## fuzz: coverage-guided fuzzing (atheris) of the wRPC codec and both call state machines for
+## FUZZ_SECONDS (default 180); prints inputs tried, inputs/s and crashes (fails on any)
+FUZZ_SECONDS ?= 180
+FUZZ_STAMP := $(VENV)/.fuzz-installed
+fuzz: setup $(FUZZ_STAMP)
+	$(BIN)/python -m fuzz.run --seconds $(FUZZ_SECONDS)
+
+$(FUZZ_STAMP): pyproject.toml
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,fuzz]'
+	touch $@
 
 ## bench: the provider against a bare websockets server (throughput, latency, memory, broadcast),
 ## table on stdout, chart and raw numbers in bench/results/<time>/

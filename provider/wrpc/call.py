@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, NamedTuple, TypeVar
 
@@ -113,7 +114,7 @@ class _Machine(Generic[T]):
         self._out: list[Publish] = []
         self._events: list[Event[T]] = []
 
-    def data_to_send(self) -> list[Publish] | tuple[()]:
+    def data_to_send(self) -> Sequence[Publish]:
         """The messages to publish now, in order (each returned once)."""
         out = self._out
         if not out:
@@ -121,7 +122,7 @@ class _Machine(Generic[T]):
         self._out = []
         return out
 
-    def events_received(self) -> list[Event[T]] | tuple[()]:
+    def events_received(self) -> Sequence[Event[T]]:
         """What happened since the last call (each event returned once)."""
         events = self._events
         if not events:
