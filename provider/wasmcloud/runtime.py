@@ -363,8 +363,10 @@ class ProviderRuntime:
                 await self._apply(updated)
 
     def _on_health(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
-        if not reply:
-            return  # nobody to answer
+        nc = self._nc_or_raise()
+        answer_to = nc.reply_of(subject, reply)
+        if answer_to is None:
+            return  # nobody to answer (or a reply subject that is not UTF-8: dropped and counted)
         if not self._ready:
             health = Health(False, "starting")
         else:
@@ -376,8 +378,7 @@ class ProviderRuntime:
         body: dict[str, Any] = {"healthy": health.healthy}
         if health.message is not None:
             body["message"] = health.message
-        # A reply subject that is not UTF-8 raises here: the connection drops and counts it.
-        self._nc_or_raise().publish_now(reply.decode(), json.dumps(body).encode())
+        nc.publish_now(answer_to, json.dumps(body).encode())
 
     def _on_shutdown(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
         try:
@@ -392,10 +393,8 @@ class ProviderRuntime:
         if self._shutdown_task is not None:
             return  # already shutting down
         log.info("shutdown requested by host %s", host_id)
-        try:
-            answer_to = reply.decode()
-        except UnicodeDecodeError:
-            answer_to = ""  # still shut down: the request names this host
+        # An unusable reply subject is counted; the request names this host, so shut down anyway.
+        answer_to = self._nc_or_raise().reply_of(subject, reply) or ""
         self._shutdown_task = asyncio.create_task(self._shutdown(answer_to))
 
     async def _shutdown(self, reply: str) -> None:

@@ -127,6 +127,15 @@ class NatsConnection(Client):
         except Exception as exc:
             self.drop(UNDELIVERABLE, subject, f"{type(exc).__name__}: {exc}")
 
+    def reply_of(self, subject: bytes, reply: bytes) -> str | None:
+        """The reply subject of a direct message, to answer on; ``None`` if there is none, or if
+        it is not UTF-8 (then the message is dropped and counted)."""
+        try:
+            return reply.decode() or None
+        except UnicodeDecodeError:
+            self.drop(NOT_UTF8, subject, "its reply subject is not UTF-8")
+            return None
+
     def drop(self, reason: str, subject: bytes | str, detail: str) -> None:
         """Count a message dropped for ``reason`` and log it, rate-limited per reason."""
         reported = self.drops.drop(reason, time.monotonic())

@@ -372,7 +372,7 @@ class Served(Generic[P, R]):
                 self._update()
                 return
             call.accept(self._inbox.reserve())
-            call.reject(Overloaded(f"{self.subject!r}: {refusal}"))
+            call.reject(Overloaded(refusal))
         else:
             # Whole params need no route: the caller's end of stream on Rs.params then goes to
             # a subject nobody reads, and is dropped by the NATS server.
@@ -402,8 +402,8 @@ class Served(Generic[P, R]):
             limits = self.limits
             call.reject(
                 Overloaded(
-                    f"{self.subject!r}: {limits.max_in_flight} handlers run and "
-                    f"{self._admission.queued} calls wait for one (limit {limits.max_queued})"
+                    f"{limits.max_in_flight} handlers run and {self._admission.queued} calls "
+                    f"wait for one (limit {limits.max_queued})"
                 )
             )
         self._update()
@@ -545,7 +545,7 @@ class _ParamsRoute(Generic[P, R]):
         if call.size != before:
             refusal = admission.grow(call.size - before)
             if refusal is not None and call.state is ServedState.AWAITING_PARAMS:
-                call.reject(Overloaded(f"{call.subject!r}: {refusal}"))
+                call.reject(Overloaded(refusal))
         if call.state is not ServedState.AWAITING_PARAMS:
             admission.stop_awaiting(call.size)
             self.done.set_result(None)
