@@ -41,6 +41,7 @@ from provider.wasmcloud.links import (
 )
 from provider.wasmcloud.subjects import ControlSubjects
 from provider.wasmcloud.xkeys import XKey
+from provider.wrpc.call import ServeLimits
 from provider.wrpc.codec import Err
 from provider.wrpc.connection import NatsConnection
 from provider.wrpc.connection import connect as connect_nats
@@ -67,6 +68,11 @@ HANDLE_MESSAGE_TIMEOUT = 10.0
 SHUTDOWN_BUDGET = 0.2
 """Seconds the capability gets to shut down: the host waits 300 ms for the reply in all."""
 CONNECT_TIMEOUT = 10.0
+MESSAGE_PARAMS_LIMIT = 64 * 1024 * 1024 + 64 * 1024
+"""The largest ``publish`` / ``request`` params served: the largest message a messaging link may
+allow (``MAX_MESSAGE_BYTES`` is at most 64 MiB) plus room for its subject and reply-to. A larger
+declared length is refused at once (:class:`~provider.wrpc.call.ServeLimits`)."""
+CONSUMER_LIMITS = ServeLimits(max_params_bytes=MESSAGE_PARAMS_LIMIT, max_held_bytes=2 * MESSAGE_PARAMS_LIMIT)
 CONTROL_QUEUE_LIMIT = 256
 """Control events (link puts, deletes, config updates) waiting to be applied; past it they are
 dropped and counted. A host sends a handful at a time."""
@@ -244,8 +250,8 @@ class ProviderRuntime:
         for definition in self._host.link_definitions:
             await self._put(definition)
         self._served = [
-            await self._wrpc.serve(self._prefix, PUBLISH, self._publish),
-            await self._wrpc.serve(self._prefix, REQUEST, self._request),
+            await self._wrpc.serve(self._prefix, PUBLISH, self._publish, limits=CONSUMER_LIMITS),
+            await self._wrpc.serve(self._prefix, REQUEST, self._request, limits=CONSUMER_LIMITS),
         ]
         self._control_task = asyncio.create_task(self._control_loop(), name="provider-control")
         self._ready = True

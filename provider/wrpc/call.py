@@ -206,8 +206,8 @@ class ClientCall(_Machine[R]):
         tail, self._tail = self._tail, b""
         subject = params_subject(rs)
         out = self._out
-        for chunk in chunks(tail, self.max_payload):
-            out.append(Publish(subject, bytes(chunk)))
+        if tail:  # the usual case is none: all params fitted in the invocation
+            out.extend(Publish(subject, bytes(chunk)) for chunk in chunks(tail, self.max_payload))
         out.append(Publish(subject, b""))
 
     def _on_results(self, data: bytes) -> None:
@@ -392,10 +392,12 @@ class ServedCall(_Machine[P], Generic[P, R]):
             raise RuntimeError(f"send_results() on a call that is {self.state.value}")
         payload = encode(self._results, value)
         subject = results_subject(self.reply)
-        out = self._out
-        for chunk in chunks(payload, self.max_payload):
-            out.append(Publish(subject, bytes(chunk)))
-        self._end()
+        if len(payload) <= self.max_payload:  # the usual case: one message
+            self._out.append(Publish(subject, payload))
+        else:
+            self._out.extend(Publish(subject, bytes(chunk)) for chunk in chunks(payload, self.max_payload))
+        self.state = ServedState.DONE
+        self._out.append(Publish(subject, b""))
 
     def trap(self) -> None:
         """The handler failed: send only the end of the result stream (spec §3.4)."""

@@ -312,7 +312,7 @@ class Served(Generic[P, R]):
         limits: ServeLimits,
     ) -> None:
         self.subject = subject
-        self.stats = ServeStats()
+        self._stats = ServeStats()
         self.limits = limits
         self.closed = False
         self._transport = transport
@@ -344,7 +344,6 @@ class Served(Generic[P, R]):
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._update()
 
     # -- from the connection's reader: must not block ------------------------------------------
 
@@ -369,7 +368,6 @@ class Served(Generic[P, R]):
             refusal = self._admission.start_awaiting(call.size)
             if refusal is None:
                 self._track(asyncio.create_task(self._receive_params(call)), handler=False)
-                self._update()
                 return
             call.accept(self._inbox.reserve())
             call.reject(Overloaded(refusal))
@@ -406,10 +404,9 @@ class Served(Generic[P, R]):
                     f"wait for one (limit {limits.max_queued})"
                 )
             )
-        self._update()
 
     def _failed(self, call: ServedCall[P, R], error: ProviderError) -> None:
-        stats = self.stats
+        stats = self._stats
         if call.state is ServedState.DROPPED:
             stats.no_reply += 1
             self._transport.report("no_reply", f"{error}; dropped")
@@ -438,13 +435,16 @@ class Served(Generic[P, R]):
             if not self.closed:
                 self._transport.report("unanswered", f"{self.subject!r}: could not answer a call: {exc}")
 
-    def _update(self) -> None:
-        admission, stats = self._admission, self.stats
+    @property
+    def stats(self) -> ServeStats:
+        """The function's counters, the gauges (in flight, waiting, awaiting params) as of now."""
+        admission, stats = self._admission, self._stats
         stats.in_flight, stats.waiting, stats.awaiting_params = (
             admission.in_flight,
             admission.queued,
             admission.awaiting,
         )
+        return stats
 
     # -- tasks ---------------------------------------------------------------------------------
 
@@ -475,13 +475,12 @@ class Served(Generic[P, R]):
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("%s: receiving params failed: %s", self.subject, task.exception())
-        self._update()
 
     def _run(self, call: ServedCall[P, R]) -> None:
         self._track(asyncio.create_task(self._call_handler(call)), handler=True)
 
     async def _call_handler(self, call: ServedCall[P, R]) -> None:
-        stats = self.stats
+        stats = self._stats
         try:
             results = await self._handler(call.params, parse_headers(call.headers))
             call.send_results(results)
@@ -503,7 +502,6 @@ class Served(Generic[P, R]):
         following = self._admission.finished()
         if following is not None:
             self._run(following)
-        self._update()
 
 
 class _ParamsRoute(Generic[P, R]):
