@@ -381,16 +381,16 @@ class Served(Generic[P, R]):
 
     def _advance(self, call: ServedCall[P, R]) -> None:
         """Publish what ``call`` has to send and act on what happened to it, until it rests."""
-        while True:
-            self._send(call)
-            events = call.events_received()
-            if not events:
-                return
+        self._send(call)
+        events = call.events_received()
+        while events:
             for event in events:
                 if isinstance(event, Completed):
                     self._admit(call)
                 else:
                     self._failed(call, event.error)
+            self._send(call)
+            events = call.events_received()
 
     def _admit(self, call: ServedCall[P, R]) -> None:
         verdict = self._admission.admit(call, call.size)
