@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help setup test unit coverage lint format launcher bench bench-wrpc clean run components chromium
+.PHONY: help setup test unit coverage lint format launcher bench bench-wrpc fuzz clean run components chromium
 
 ## help: this list of targets
 help:
@@ -31,6 +31,7 @@ lint: setup
 ## components, headless Chromium for the demo page)
 test: lint coverage chromium
 	$(BIN)/python -m pytest
+	$(MAKE) fuzz FUZZ_SECONDS=20
 
 ## coverage: the unit tests under branch coverage; the pure modules must be covered >= 95 %
 COVERAGE_MIN ?= 95
@@ -53,6 +54,17 @@ launcher: setup
 ## bench-wrpc: wRPC calls/s next to plain nats-py request/reply, measured in one run
 bench-wrpc: setup
 	$(BIN)/python -m bench.wrpc
+
+## fuzz: coverage-guided fuzzing (atheris) of the wRPC codec and both call state machines for
+## FUZZ_SECONDS (default 180); prints inputs tried, inputs/s and crashes (fails on any)
+FUZZ_SECONDS ?= 180
+FUZZ_STAMP := $(VENV)/.fuzz-installed
+fuzz: setup $(FUZZ_STAMP)
+	$(BIN)/python -m fuzz.run --seconds $(FUZZ_SECONDS)
+
+$(FUZZ_STAMP): pyproject.toml
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[host,dev,fuzz]'
+	touch $@
 
 ## bench: the provider against a bare websockets server (throughput, latency, memory, broadcast),
 ## table on stdout, chart and raw numbers in bench/results/<time>/

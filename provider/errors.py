@@ -9,12 +9,15 @@ when they wrap a lower-level error::
     ├── CodecError                 bytes that are not a valid wRPC value
     │   ├── IncompleteValue        more bytes are needed (``needed`` tells how many in all)
     │   └── InvalidEncoding        bytes that can never decode (bad tag, overflow, bad UTF-8, trailing bytes)
+    │       └── ValueTooLarge      a declared length takes the value past the receiver's limit
     ├── WrpcError                  a wRPC invocation failed on the wire
     │   ├── NoResponders           nobody serves the invocation subject (NATS 503)
     │   ├── InvocationTimeout      a deadline passed while waiting for the peer
     │   ├── IncompleteResults      the result stream ended before a value (the callee trapped)
     │   ├── ProtocolViolation      the peer broke the wRPC protocol (no reply subject, bad status…)
-    │   └── TransportClosed        the transport was closed while the call was in flight
+    │   ├── TransportClosed        the transport was closed while the call was in flight
+    │   ├── Overloaded             a served function is over one of its limits: answered with no results
+    │   └── OutboundBufferFull     NATS is disconnected and its reconnect buffer is full: not sent
     └── ConfigError                bad input from the host or a link (HostData, link config, secrets)
 """
 
@@ -50,6 +53,16 @@ class InvalidEncoding(CodecError):
         super().__init__(f"{reason} (at byte {offset})")
         self.reason = reason
         self.offset = offset
+
+
+class ValueTooLarge(InvalidEncoding):
+    """The value would be larger than the receiver accepts (``limit`` bytes), so it is rejected
+    as soon as a declared length shows it, before those bytes arrive."""
+
+    def __init__(self, needed: int, limit: int, what: str) -> None:
+        super().__init__(f"{what} would need {needed} bytes, more than the limit of {limit}", 0)
+        self.needed = needed
+        self.limit = limit
 
 
 class WrpcError(ProviderError):
@@ -95,6 +108,25 @@ class ProtocolViolation(WrpcError):
 
 class TransportClosed(WrpcError):
     """The transport closed while an invocation was still in flight."""
+
+
+class Overloaded(WrpcError):
+    """A served function is over one of its limits (calls awaiting params, queued calls, held
+    bytes): the call was answered at once with the empty result stream instead of waiting."""
+
+
+class OutboundBufferFull(WrpcError):
+    """NATS is disconnected and what waits to be written would pass the reconnect buffer's
+    limit (nats-py's ``pending_size``): the message was not queued."""
+
+    def __init__(self, pending: int, size: int, limit: int) -> None:
+        super().__init__(
+            f"NATS is disconnected and {pending} byte(s) already wait to be sent: "
+            f"{size} more would pass the limit of {limit}; not sent"
+        )
+        self.pending = pending
+        self.size = size
+        self.limit = limit
 
 
 class ConfigError(ProviderError):

@@ -4,14 +4,20 @@ Start-up follows the Rust SDK's order: connect, subscribe the control subjects, 
 capability, apply HostData's links, serve the ``consumer`` exports (queue group
 ``LATTICE.PROVIDER_ID``), then answer health checks as healthy.
 
-Link puts, link deletes and config updates are queued and applied **one at a time** by a
-single control task. A put or delete that came with a reply subject is answered with a
+Link puts, link deletes and config updates are queued (at most
+:data:`CONTROL_QUEUE_LIMIT` of them) and applied **one at a time** by a single control
+task. A put or delete that came with a reply subject is answered with a
 :class:`~provider.wasmcloud.links.LinkAnswer` once applied (a host sends none; the local
 host asks, so that it learns the outcome from a structured answer, not from a log line).
-
-Health checks are answered straight from their subscription, so a busy control task or
-data plane cannot delay them; a shutdown request for this host stops everything within
+Health checks are answered straight from their subscription, so a busy control task
+or data plane cannot delay them; a shutdown request for this host stops everything within
 the host's 300 ms budget.
+
+The five control subjects are direct subscriptions of the
+:class:`~provider.wrpc.connection.NatsConnection`: their handlers run where the reader
+parses a message, take its raw bytes, and whatever cannot be used (a reply subject that is
+not UTF-8, a payload that does not parse, a full queue, a handler that raises) is dropped,
+counted in the connection's ``drops`` and logged rate-limited, while the reader goes on.
 """
 
 from __future__ import annotations
@@ -23,8 +29,6 @@ import logging
 from collections import UserString
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
-
-from nats.aio.msg import Msg
 
 from provider.errors import ConfigError, ProviderError
 from provider.wasmcloud import logs
@@ -45,6 +49,7 @@ from provider.wasmcloud.links import (
 )
 from provider.wasmcloud.subjects import ControlSubjects
 from provider.wasmcloud.xkeys import XKey
+from provider.wrpc.call import ServeLimits
 from provider.wrpc.codec import Err
 from provider.wrpc.connection import NatsConnection
 from provider.wrpc.connection import connect as connect_nats
@@ -77,6 +82,18 @@ SHUTDOWN_BUDGET = 0.2
 CONNECT_TIMEOUT = 10.0
 REPLY_SUBJECT_LIMIT = 256
 """Characters a reply subject of a link put or delete may have (an inbox has about 60)."""
+MESSAGE_PARAMS_LIMIT = 64 * 1024 * 1024 + 64 * 1024
+"""The largest ``publish`` / ``request`` params served: the largest message a messaging link may
+allow (``MAX_MESSAGE_BYTES`` is at most 64 MiB) plus room for its subject and reply-to. A larger
+declared length is refused at once (:class:`~provider.wrpc.call.ServeLimits`)."""
+CONSUMER_LIMITS = ServeLimits(max_params_bytes=MESSAGE_PARAMS_LIMIT, max_held_bytes=2 * MESSAGE_PARAMS_LIMIT)
+CONTROL_QUEUE_LIMIT = 256
+"""Control events (link puts, deletes, config updates) waiting to be applied; past it they are
+dropped and counted. A host sends a handful at a time."""
+BAD_CONTROL = "bad_control_message"
+"""Drop reason: a control message that could not be applied (not JSON, not a link, …)."""
+CONTROL_QUEUE_FULL = "control_queue_full"
+"""Drop reason: more control messages arrived than :data:`CONTROL_QUEUE_LIMIT` can hold."""
 
 
 class _Event(enum.Enum):
@@ -192,7 +209,7 @@ class ProviderRuntime:
         )
         self._prefix = prefix(host_data.lattice, host_data.provider_key)
         self.links = LinkTable()
-        self._events: asyncio.Queue[tuple[_Event, bytes, str]] = asyncio.Queue()
+        self._events: asyncio.Queue[tuple[_Event, bytes, str]] = asyncio.Queue(CONTROL_QUEUE_LIMIT)
         self._ready = False
         self._stopping = False
         self._torn_down = False
@@ -202,6 +219,7 @@ class ProviderRuntime:
         self._served: list[Served[Any, Any]] = []
         self._control_task: asyncio.Task[None] | None = None
         self._bus: Bus | None = None
+        self._shutdown_task: asyncio.Task[None] | None = None
 
     # -- ProviderContext ----------------------------------------------------------------------
 
@@ -251,11 +269,11 @@ class ProviderRuntime:
         self._wrpc = WrpcTransport(nc)
         await self._wrpc.start()
         s = self._subjects
-        await nc.subscribe(s.health, cb=self._on_health)
-        await nc.subscribe(s.shutdown, cb=self._on_shutdown)
-        await nc.subscribe(s.link_put, cb=self._queue(_Event.PUT))
-        await nc.subscribe(s.link_delete, cb=self._queue(_Event.DELETE))
-        await nc.subscribe(s.config_update, cb=self._queue(_Event.CONFIG))
+        await nc.subscribe_direct(s.health, self._on_health)
+        await nc.subscribe_direct(s.shutdown, self._on_shutdown)
+        await nc.subscribe_direct(s.link_put, self._queue(_Event.PUT))
+        await nc.subscribe_direct(s.link_delete, self._queue(_Event.DELETE))
+        await nc.subscribe_direct(s.config_update, self._queue(_Event.CONFIG))
         await ensure_active(nc)
         log.info(
             "provider %s started on lattice %r (host %s, instance %s); link puts on %s",
@@ -271,8 +289,8 @@ class ProviderRuntime:
         for definition in self._host.link_definitions:
             await self._put(definition)
         self._served = [
-            await self._wrpc.serve(self._prefix, PUBLISH, self._publish),
-            await self._wrpc.serve(self._prefix, REQUEST, self._request),
+            await self._wrpc.serve(self._prefix, PUBLISH, self._publish, limits=CONSUMER_LIMITS),
+            await self._wrpc.serve(self._prefix, REQUEST, self._request, limits=CONSUMER_LIMITS),
         ]
         self._control_task = asyncio.create_task(self._control_loop(), name="provider-control")
         self._ready = True
@@ -293,10 +311,18 @@ class ProviderRuntime:
 
     # -- control plane ------------------------------------------------------------------------
 
-    def _queue(self, kind: _Event) -> Callable[[Msg], Awaitable[None]]:
-        async def enqueue(msg: Msg) -> None:
-            if not self._stopping:
-                self._events.put_nowait((kind, msg.data, msg.reply or ""))
+    def _queue(self, kind: _Event) -> Callable[[bytes, bytes, bytes, bytes | None], None]:
+        def enqueue(subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+            if self._stopping:
+                return
+            nc = self._nc_or_raise()
+            answer_to = nc.reply_of(subject, reply) if reply else ""
+            if answer_to is None:
+                return  # a reply subject that is not UTF-8: dropped and counted
+            try:
+                self._events.put_nowait((kind, data, answer_to))
+            except asyncio.QueueFull:
+                nc.drop(CONTROL_QUEUE_FULL, subject, f"a {kind.value}: {CONTROL_QUEUE_LIMIT} wait already")
 
         return enqueue
 
@@ -313,13 +339,21 @@ class ProviderRuntime:
                 else:
                     await self._update_config(payload)
             except ConfigError as exc:
-                log.error("ignored a %s: %s", kind.value, exc)
+                self._nc_or_raise().drop(
+                    BAD_CONTROL, self._subject_of(kind), f"ignored a {kind.value}: {exc}"
+                )
                 answer = self._refusal(kind, f"ignored: {exc}")
-            except Exception as exc:
-                log.exception("a %s failed", kind.value)
+            except Exception as exc:  # whatever a hostile payload provokes: one line, no traceback flood
+                self._nc_or_raise().drop(
+                    BAD_CONTROL, self._subject_of(kind), f"a {kind.value} failed: {type(exc).__name__}: {exc}"
+                )
                 answer = self._refusal(kind, f"the provider failed to apply it: {exc}")
             if reply and answer is not None:
                 self._answer(reply, answer)
+
+    def _subject_of(self, kind: _Event) -> str:
+        s = self._subjects
+        return {_Event.PUT: s.link_put, _Event.DELETE: s.link_delete, _Event.CONFIG: s.config_update}[kind]
 
     @staticmethod
     def _refusal(kind: _Event, error: str) -> LinkAnswer | None:
@@ -420,7 +454,11 @@ class ProviderRuntime:
                 log.info("link %s: effective config changed, re-applying", link.definition.describe())
                 await self._reapply(link, updated)
 
-    async def _on_health(self, msg: Msg) -> None:
+    def _on_health(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        nc = self._nc_or_raise()
+        answer_to = nc.reply_of(subject, reply)
+        if answer_to is None:
+            return  # nobody to answer (or a reply subject that is not UTF-8: dropped and counted)
         if not self._ready:
             health = Health(False, "starting")
         else:
@@ -432,25 +470,34 @@ class ProviderRuntime:
         body: dict[str, Any] = {"healthy": health.healthy}
         if health.message is not None:
             body["message"] = health.message
-        if msg.reply:
-            await self._nc_or_raise().publish(msg.reply, json.dumps(body).encode())
+        nc.publish_now(answer_to, json.dumps(body).encode())
 
-    async def _on_shutdown(self, msg: Msg) -> None:
+    def _on_shutdown(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
         try:
-            host_id = json.loads(msg.data).get("host_id", "")
-        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-            host_id = ""
+            request = json.loads(data)
+        except (ValueError, RecursionError):  # not UTF-8, not JSON, nested too deep
+            request = None
+        host_id = request.get("host_id", "") if isinstance(request, dict) else ""
         if host_id != self._host.host_id:
             # Every instance of this provider id in the lattice hears this subject (spec §2.5).
             log.debug("ignored a shutdown request for host %r", host_id)
             return
+        if self._shutdown_task is not None:
+            return  # already shutting down
         log.info("shutdown requested by host %s", host_id)
-        await self._teardown_data_plane()
-        nc = self._nc_or_raise()
-        if msg.reply:
-            await nc.publish(msg.reply, b"shutting down")
-        await nc.flush()
-        self._stopped.set()
+        # An unusable reply subject is counted; the request names this host, so shut down anyway.
+        answer_to = self._nc_or_raise().reply_of(subject, reply) or ""
+        self._shutdown_task = asyncio.create_task(self._shutdown(answer_to))
+
+    async def _shutdown(self, reply: str) -> None:
+        try:
+            await self._teardown_data_plane()
+            nc = self._nc_or_raise()
+            if reply and valid_subject(reply):
+                nc.publish_now(reply, b"shutting down")
+            await nc.flush()
+        finally:
+            self._stopped.set()
 
     async def _teardown_data_plane(self) -> None:
         """Stop control events and exports, then shut the capability down. Runs once."""

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from provider.errors import IncompleteValue, InvalidEncoding
+from provider.errors import IncompleteValue, InvalidEncoding, ValueTooLarge
 
 T = TypeVar("T")
 E = TypeVar("E")
@@ -276,18 +276,32 @@ class RecordOf(Generic[T]):
 # --- streaming --------------------------------------------------------------------------------
 
 
+def check_limit(exc: IncompleteValue, limit: int | None, wit: str) -> None:
+    """Raise :class:`ValueTooLarge` if completing the value would take more than ``limit`` bytes.
+
+    ``exc.needed`` counts every byte a declared length asks for, so a ``list<u8>`` declared
+    as 4 GiB is refused at its first chunk, before any of those bytes is buffered.
+    """
+    if limit is not None and exc.needed > limit:
+        raise ValueTooLarge(exc.needed, limit, wit) from exc
+
+
 class StreamDecoder(Generic[T]):
     """Decodes one value from chunks that arrive one at a time (NATS messages).
 
     ``feed`` returns ``True`` once the value is complete (then read :attr:`value`).
     Retries are skipped until as many bytes as the last attempt asked for are in, so
     a 1 MiB body split into 4 KiB chunks is decoded about twice, not 256 times.
+    With a ``limit``, a value whose declared lengths add up to more than ``limit`` bytes
+    raises :class:`ValueTooLarge` as soon as they are seen; the buffer then never holds
+    more than ``limit`` plus one chunk.
     """
 
-    __slots__ = ("_buf", "_codec", "_done", "_needed", "_value")
+    __slots__ = ("_buf", "_codec", "_done", "_limit", "_needed", "_value")
 
-    def __init__(self, codec: Codec[T]) -> None:
+    def __init__(self, codec: Codec[T], limit: int | None = None) -> None:
         self._codec = codec
+        self._limit = limit
         self._buf = bytearray()
         self._needed = 1
         self._done = False
@@ -309,7 +323,7 @@ class StreamDecoder(Generic[T]):
         """Add a chunk; return whether the value is now complete.
 
         Raises :class:`InvalidEncoding` for bytes that can never decode, including any
-        bytes left over after the value.
+        bytes left over after the value, and :class:`ValueTooLarge` past the limit.
         """
         if self._done:
             if chunk:
@@ -321,6 +335,7 @@ class StreamDecoder(Generic[T]):
         try:
             self._value = decode(self._codec, self._buf)
         except IncompleteValue as exc:
+            check_limit(exc, self._limit, self._codec.wit)
             self._needed = exc.needed
             return False
         self._done = True

@@ -16,22 +16,57 @@ nats-py — connecting, authentication, TLS, reconnecting and resubscribing, pin
 Both reach into two private parts of nats-py (``_process_msg`` and the pending write
 buffer), so the nats-py version is pinned in ``pyproject.toml`` and the wRPC tests run
 every call through this class.
+
+**The reader never dies.** nats-py reads the socket in one task; anything raised where it
+hands over a message (its ``Msg`` decodes subject and reply as UTF-8, its header parser
+indexes and decodes the block, a handler may fail) ends that task for good while the
+connection looks alive. Here every message that cannot be delivered is dropped, counted
+by reason in :attr:`~NatsConnection.drops` and logged at most once per reason per
+interval (:class:`~provider.wrpc.drops.DropLog`); the reader goes on.
+
+**Publishing while disconnected is bounded.** What waits for a reconnect is held in
+nats-py's pending buffer up to its ``pending_size`` option (2 MiB unless set); past it
+:meth:`~NatsConnection.publish_now` raises :class:`~provider.errors.OutboundBufferFull`, as
+nats-py's own ``publish`` does, instead of growing without limit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
 
-from provider.errors import TransportClosed
+from provider.errors import OutboundBufferFull, TransportClosed
+from provider.wrpc.drops import DropLog
 from provider.wrpc.protocol import command, valid_subject
 
+log = logging.getLogger(__name__)
+
 DirectHandler = Callable[[bytes, bytes, bytes, bytes | None], None]
-"""``(subject, reply, data, header block or None)``, called synchronously for each message."""
+"""``(subject, reply, data, header block or None)``, called synchronously for each message.
+All four are the bytes as they came: hostile, not necessarily UTF-8."""
+
+HANDLER_FAILED = "handler_failed"
+"""Drop reason: a direct handler raised."""
+NOT_UTF8 = "not_utf8"
+"""Drop reason: a subject or reply subject that is not UTF-8 (nats-py's ``Msg`` needs it)."""
+BAD_HEADERS = "bad_headers"
+"""Drop reason: a header block that does not start with ``NATS/1.0``."""
+UNDELIVERABLE = "undeliverable"
+"""Drop reason: nats-py raised while building or queueing the message."""
+_HEADER_LINE = b"NATS/1.0"
+_HEADER_SIZE = len(_HEADER_LINE)
+_SHOWN = 120  # characters of a hostile subject that make it into a log line
+
+
+def _shown(subject: bytes | str) -> str:
+    text = subject.decode(errors="backslashreplace") if isinstance(subject, bytes) else subject
+    return repr(text if len(text) <= _SHOWN else text[:_SHOWN] + "…")
 
 
 class NatsConnection(Client):
@@ -40,6 +75,10 @@ class NatsConnection(Client):
     def __init__(self) -> None:
         super().__init__()
         self._direct: dict[int, DirectHandler] = {}
+        self.drops = DropLog()
+        """Messages dropped, by reason (``drops.counts``): for health and the tests."""
+        self.publishes_refused = 0
+        """Publishes refused with :class:`OutboundBufferFull` while disconnected."""
 
     async def subscribe_direct(self, subject: str, handler: DirectHandler, queue: str = "") -> Subscription:
         """Subscribe (nats-py renews it after a reconnect) and deliver straight to ``handler``."""
@@ -62,24 +101,70 @@ class NatsConnection(Client):
     async def _process_msg(
         self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
     ) -> None:
+        # nats-py's parser awaits this from the reader task: nothing may escape it.
         handler = self._direct.get(sid)
-        if handler is None:
-            await super()._process_msg(sid, subject, reply, data, headers)  # type: ignore[arg-type]
+        if handler is not None:
+            self.stats["in_msgs"] += 1
+            self.stats["in_bytes"] += len(data)
+            try:
+                handler(subject, reply, data, headers)
+            except Exception as exc:
+                self.drop(HANDLER_FAILED, subject, f"{type(exc).__name__}: {exc}")
             return
-        self.stats["in_msgs"] += 1
-        self.stats["in_bytes"] += len(data)
-        handler(subject, reply, data, headers)
+        # nats-py's own path decodes subject and reply and parses the header block, and
+        # raises on bytes it cannot: refuse those first, by name, then guard the rest.
+        try:
+            subject.decode()
+            reply.decode()
+        except UnicodeDecodeError:
+            self.drop(NOT_UTF8, subject, "its subject or reply subject is not UTF-8")
+            return
+        if headers is not None and (len(headers) <= _HEADER_SIZE or not headers.startswith(_HEADER_LINE)):
+            self.drop(BAD_HEADERS, subject, "its header block does not start with NATS/1.0")
+            return
+        try:
+            await super()._process_msg(sid, subject, reply, data, headers)  # type: ignore[arg-type]
+        except Exception as exc:
+            self.drop(UNDELIVERABLE, subject, f"{type(exc).__name__}: {exc}")
+
+    def reply_of(self, subject: bytes, reply: bytes) -> str | None:
+        """The reply subject of a direct message, to answer on; ``None`` if there is none, or if
+        it is not UTF-8 (then the message is dropped and counted)."""
+        try:
+            return reply.decode() or None
+        except UnicodeDecodeError:
+            self.drop(NOT_UTF8, subject, "its reply subject is not UTF-8")
+            return None
+
+    def drop(self, reason: str, subject: bytes | str, detail: str) -> None:
+        """Count a message dropped for ``reason`` and log it, rate-limited per reason."""
+        reported = self.drops.drop(reason, time.monotonic())
+        if reported:
+            log.warning(
+                "NATS: dropped a message on %s (%s): %s [%d dropped for this reason since the last report]",
+                _shown(subject),
+                reason,
+                detail,
+                reported,
+            )
 
     def publish_now(self, subject: str, payload: bytes, reply: str = "", headers: bytes = b"") -> None:
         """Queue a message for nats-py's flusher, without awaiting anything.
 
         ``subject`` and ``reply`` must be valid subjects (the transport builds them or got them
         from the server). While disconnected the message waits in nats-py's reconnect buffer,
-        as its own ``publish`` does. Raises :class:`TransportClosed` once the connection is closed.
+        as its own ``publish`` does, up to its ``pending_size``: past it this raises
+        :class:`OutboundBufferFull` and nothing is queued. Raises :class:`TransportClosed`
+        once the connection is closed.
         """
         if self.is_closed:
             raise TransportClosed("the NATS connection is closed")
         cmd = command(subject, reply, payload, headers)
+        if not self.is_connected:
+            limit = self._max_pending_size
+            if limit <= 0 or self._pending_data_size + len(cmd) > limit:
+                self.publishes_refused += 1
+                raise OutboundBufferFull(self._pending_data_size, len(cmd), limit)
         self._pending.append(cmd)
         self._pending_data_size += len(cmd)
         self.stats["out_msgs"] += 1

@@ -10,49 +10,57 @@ It answers every reply subject it needs through an :class:`Inbox`:
   call, as the spec's sequence diagram draws it. It exists to be measured against
   (``make bench-wrpc``) and as a fallback for accounts that forbid wildcard inboxes.
 
-Messages are handled where the connection parses them (direct subscriptions) and
-published synchronously into its write buffer: nothing here awaits a publish, and
+The protocol itself — handshake, chunking, end of stream, decoding, every failure — is in
+the pure state machines of :mod:`provider.wrpc.call`; this module only moves their
+messages. Messages are handled where the connection parses them (direct subscriptions)
+and published synchronously into its write buffer: nothing here awaits a publish, and
 nothing flushes per call — nats-py's flusher writes everything published in one turn
 of the event loop at once. Only :func:`ensure_active` flushes, once, when a
 subscription must be live before others are told it exists.
+
+A served function holds a handler slot only while its handler runs: a call whose params
+are still arriving waits in an inbox route, bounded in number, bytes and time
+(:class:`~provider.wrpc.call.ServeLimits`), and whatever is over a limit is answered at
+once with the empty result stream, counted and logged (rate-limited).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import itertools
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from nats.aio.subscription import Subscription
 
 from provider.errors import (
-    CodecError,
-    IncompleteResults,
-    IncompleteValue,
     InvocationTimeout,
-    NoResponders,
-    ProtocolViolation,
+    OutboundBufferFull,
+    Overloaded,
     ProviderError,
     TransportClosed,
-    WrpcError,
+    ValueTooLarge,
 )
-from provider.wrpc.codec import Codec, StreamDecoder, decode, encode
+from provider.wrpc.call import (
+    DEFAULT_MAX_VALUE_BYTES,
+    Admission,
+    ClientCall,
+    Completed,
+    ServedCall,
+    ServedState,
+    ServeLimits,
+    Verdict,
+)
+from provider.wrpc.codec import encode
 from provider.wrpc.connection import NatsConnection, check_subject
+from provider.wrpc.drops import DropLog
 from provider.wrpc.messaging import Function
-from provider.wrpc.protocol import header_block, parse_headers, status_of
-from provider.wrpc.subjects import (
-    PARAMS,
-    RESULTS,
-    chunks,
-    invocation_subject,
-    params_subject,
-    results_subject,
-)
+from provider.wrpc.protocol import header_block, parse_headers
+from provider.wrpc.subjects import invocation_subject
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +68,13 @@ P = TypeVar("P")
 R = TypeVar("R")
 
 DEFAULT_TIMEOUT = 10.0
-"""Seconds an invocation may take end to end, and a served call may wait for its params."""
+"""Seconds an invocation may take end to end."""
+
+UNROUTED = "unrouted"
+"""Drop reason: a message on this transport's inbox for no call it has."""
 
 Headers = Mapping[str, str]
 Handler = Callable[[P, Headers], Awaitable[R]]
-
-_PARAMS = PARAMS.encode()
-_RESULTS = RESULTS.encode()
 
 
 async def ensure_active(nc: NatsConnection) -> None:
@@ -139,6 +147,8 @@ class SharedInbox:
         route = self._routes.get(token)
         if route is not None:
             route.on_message(channel, reply, data, headers)
+        elif data:  # a late end of stream is normal once a call is over; anything else is lost
+            self._nc.drop(UNROUTED, subject, "no call of this transport has that inbox (any more)")
 
     async def open(self, route: Route) -> str:
         token = str(next(self._ids))
@@ -210,138 +220,52 @@ class PerCallInbox:
 # --- calls ------------------------------------------------------------------------------------
 
 
-def _status_error(subject: str, headers: bytes | None) -> WrpcError | None:
-    """The error a NATS status message on ``Rc`` stands for, or ``None`` if it is not one."""
-    status, description = status_of(headers)
-    if status is None or status.startswith("2"):
-        return None
-    if status == "503":
-        return NoResponders(subject)
-    return ProtocolViolation(f"NATS answered {subject!r} with status {status} {description}".rstrip())
-
-
-def _settle(future: asyncio.Future[Any], *, value: Any = None, exc: BaseException | None = None) -> None:
+def _forget(future: asyncio.Future[Any]) -> None:
+    """Mark ``future`` handled so an unread failure is not reported as lost."""
     if future.done():
-        return
-    if exc is None:
-        future.set_result(value)
+        if not future.cancelled():
+            future.exception()
     else:
-        future.set_exception(exc)
+        future.cancel()
 
 
-class _Call(Generic[R]):
-    """Client side of one invocation.
+class _ClientRoute(Generic[R]):
+    """Moves one :class:`ClientCall`'s messages and settles its caller's future."""
 
-    The handshake is answered where it arrives: the rest of the params and their end of
-    stream go out from this callback, so the caller waits once, for the results, which may
-    come before the handshake was seen (spec §3.2).
-    """
+    __slots__ = ("call", "future", "nc")
 
-    __slots__ = ("_codec", "_decoder", "_nc", "handshaken", "results", "subject", "tail")
-
-    def __init__(self, nc: NatsConnection, subject: str, results: Codec[R]) -> None:
-        self._nc = nc
-        self.subject = subject
-        self._codec = results
-        self._decoder: StreamDecoder[R] | None = None
-        self.tail = b""
-        """Param bytes that did not fit in the invocation message: sent once the handshake names ``Rs``."""
-        self.handshaken = False
-        self.results: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+    def __init__(self, nc: NatsConnection, call: ClientCall[R]) -> None:
+        self.nc = nc
+        self.call = call
+        self.future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
 
     def on_message(self, channel: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
-        if not channel:
-            self._on_handshake(reply, headers)
-        elif channel == _RESULTS and not self.results.done():
-            self._on_results(data)
-
-    def _on_handshake(self, reply: bytes, headers: bytes | None) -> None:
-        # Only the first message on Rc is the handshake (spec §3.2); later ones are ignored.
-        if self.handshaken:
-            return
-        self.handshaken = True
-        error = _status_error(self.subject, headers)
-        if error is None and not reply:
-            error = ProtocolViolation(f"{self.subject!r}: the handshake did not specify a reply subject")
-        if error is not None:
-            _settle(self.results, exc=error)
-            return
-        tail, self.tail = self.tail, b""
-        subject = params_subject(reply.decode())
-        nc = self._nc
-        try:
-            for chunk in chunks(tail, nc.max_payload):
-                nc.publish_now(subject, bytes(chunk))
-            nc.publish_now(subject, b"")
-        except TransportClosed as exc:
-            _settle(self.results, exc=exc)
-
-    def _on_results(self, data: bytes) -> None:
-        received = self._decoder.received if self._decoder is not None else 0
-        if not data:
-            _settle(self.results, exc=IncompleteResults(self.subject, received))
-            return
-        try:
-            if self._decoder is None:
-                # The usual case: the whole value in one message, no stream decoder needed.
-                try:
-                    _settle(self.results, value=decode(self._codec, data))
-                    return
-                except IncompleteValue:
-                    self._decoder = StreamDecoder(self._codec)
-            if self._decoder.feed(data):
-                _settle(self.results, value=self._decoder.value)
-        except CodecError as exc:
-            _settle(self.results, exc=ProtocolViolation(f"{self.subject!r} sent invalid results: {exc}"))
-
-    def expire(self, timeout: float) -> None:
-        waiting_for = "the results" if self.handshaken else "the handshake"
-        _settle(self.results, exc=InvocationTimeout(self.subject, waiting_for, timeout))
+        self.call.receive(channel, reply, data, headers)
+        self.advance()
 
     def fail(self, exc: Exception) -> None:
-        _settle(self.results, exc=exc)
+        self.call.fail(exc if isinstance(exc, ProviderError) else TransportClosed(str(exc)))
+        self.advance()
 
-    def forget(self) -> None:
-        """Mark the future handled so an unread failure is not reported as lost."""
-        if self.results.done():
-            if not self.results.cancelled():
-                self.results.exception()
-        else:
-            self.results.cancel()
+    def expire(self) -> None:
+        self.call.expire()
+        self.advance()
 
-
-class _ServedParams(Generic[P]):
-    """Server side of an invocation whose params did not fit in its first message: the rest
-    arrives on ``Rs.params``."""
-
-    __slots__ = ("_decoder", "future", "subject")
-
-    def __init__(self, subject: str, params: Codec[P], first: bytes) -> None:
-        self.subject = subject
-        self.future: asyncio.Future[P] = asyncio.get_running_loop().create_future()
-        self._decoder = StreamDecoder(params)
-        self._decoder.feed(first)
-
-    def on_message(self, channel: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
-        if channel != _PARAMS or self.future.done():
-            return
-        if not data:  # end of stream: only fine once the value is complete
-            _settle(
-                self.future,
-                exc=ProtocolViolation(
-                    f"{self.subject!r}: params ended after {self._decoder.received} byte(s), "
-                    "before a complete value"
-                ),
-            )
-            return
+    def advance(self) -> None:
+        """Publish what the call has to send, then settle the future once it is over."""
+        call = self.call
         try:
-            if self._decoder.feed(data):
-                self.future.set_result(self._decoder.value)
-        except CodecError as exc:
-            _settle(self.future, exc=exc)
-
-    def fail(self, exc: Exception) -> None:
-        _settle(self.future, exc=exc)
+            for message in call.data_to_send():
+                self.nc.publish_now(*message)
+        except (TransportClosed, OutboundBufferFull) as exc:
+            call.fail(exc)
+        for event in call.events_received():
+            if self.future.done():
+                continue
+            if isinstance(event, Completed):
+                self.future.set_result(event.value)
+            else:
+                self.future.set_exception(event.error)
 
 
 @dataclass
@@ -349,25 +273,63 @@ class ServeStats:
     """Counters of one served function (read by health and the benchmarks)."""
 
     served: int = 0
+    """Calls answered with the handler's results."""
     handler_failures: int = 0
+    """Handlers that raised (or returned a value that does not encode): the caller got a trap."""
     bad_params: int = 0
+    """Calls whose params were invalid, ended early, came too late or were too large."""
+    params_timeouts: int = 0
+    """Of ``bad_params``: the rest of the params did not come within ``params_timeout``."""
+    params_too_large: int = 0
+    """Of ``bad_params``: a declared length took the params past ``max_params_bytes``."""
+    overloaded: int = 0
+    """Calls refused at once because a limit was reached (awaiting, queued, held bytes)."""
+    no_reply: int = 0
+    """Invocations dropped without an answer: no usable reply subject."""
     in_flight: int = 0
+    """Handlers running now."""
     waiting: int = 0
+    """Calls with whole params waiting for a handler slot now."""
+    awaiting_params: int = 0
+    """Calls whose params are still arriving now."""
 
 
-@dataclass
 class Served(Generic[P, R]):
-    """A function being served; :meth:`close` stops it and awaits its in-flight calls."""
+    """A function being served; :meth:`close` stops it and awaits its in-flight calls.
 
-    subject: str
-    stats: ServeStats
-    _nc: NatsConnection
-    _sub: Subscription | None = None
-    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
-    closed: bool = False
+    Each invocation becomes a :class:`ServedCall`. Its handshake goes out at once; its
+    params, if they go on past the first message, are received on an inbox route by a
+    short task that holds no handler slot; once whole, :class:`Admission` runs it, queues it
+    for a slot, or refuses it.
+    """
+
+    def __init__(
+        self,
+        transport: WrpcTransport,
+        subject: str,
+        func: Function[P, R],
+        handler: Handler[P, R],
+        limits: ServeLimits,
+    ) -> None:
+        self.subject = subject
+        self._stats = ServeStats()
+        self.limits = limits
+        self.closed = False
+        self._transport = transport
+        self._nc = transport.nats
+        self._inbox = transport.inbox
+        self._func = func
+        self._handler = handler
+        self._admission: Admission[ServedCall[P, R]] = Admission(limits)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sub: Subscription | None = None
+
+    async def start(self, queue: str) -> None:
+        self._sub = await self._nc.subscribe_direct(self.subject, self.on_invocation, queue=queue)
 
     async def close(self) -> None:
-        """Unsubscribe, then cancel and await every call still running. Idempotent."""
+        """Unsubscribe, answer queued calls with no results, then cancel and await every call
+        still running or receiving its params. Idempotent."""
         if self.closed:
             return
         self.closed = True
@@ -376,9 +338,216 @@ class Served(Generic[P, R]):
                 await self._nc.unsubscribe_direct(self._sub)
         except Exception as exc:  # the connection may already be gone
             log.debug("unsubscribe %s failed: %s", self.subject, exc)
+        for call in self._admission.drain():
+            call.reject(TransportClosed(f"{self.subject!r} stopped being served"))
+            self._send(call)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- from the connection's reader: must not block ------------------------------------------
+
+    def on_invocation(self, _subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        """A message on the invocation subject (a direct subscription handler)."""
+        limits = self.limits
+        call: ServedCall[P, R] = ServedCall(
+            self.subject,
+            self._func.params,
+            self._func.results,
+            reply,
+            data,
+            headers,
+            max_payload=self._nc.max_payload,
+            timeout=limits.params_timeout,
+            limit=limits.max_params_bytes,
+        )
+        if call.state is ServedState.DROPPED:
+            self._advance(call)
+            return
+        if call.needs_params and not self.closed:
+            refusal = self._admission.start_awaiting(call.size)
+            if refusal is None:
+                self._track(asyncio.create_task(self._receive_params(call)), handler=False)
+                return
+            call.accept(self._inbox.reserve())
+            call.reject(Overloaded(refusal))
+        else:
+            # Whole params need no route: the caller's end of stream on Rs.params then goes to
+            # a subject nobody reads, and is dropped by the NATS server.
+            call.accept(self._inbox.reserve())
+            if self.closed:
+                call.reject(TransportClosed(f"{self.subject!r} stopped being served"))
+        self._advance(call)
+
+    def _advance(self, call: ServedCall[P, R]) -> None:
+        """Publish what ``call`` has to send and act on what happened to it, until it rests."""
+        self._send(call)
+        events = call.events_received()
+        while events:
+            for event in events:
+                if isinstance(event, Completed):
+                    self._admit(call)
+                else:
+                    self._failed(call, event.error)
+            self._send(call)
+            events = call.events_received()
+
+    def _admit(self, call: ServedCall[P, R]) -> None:
+        verdict = self._admission.admit(call, call.size)
+        if verdict is Verdict.RUN:
+            self._run(call)
+        elif verdict is Verdict.REFUSED:
+            limits = self.limits
+            call.reject(
+                Overloaded(
+                    f"{limits.max_in_flight} handlers run and {self._admission.queued} calls "
+                    f"wait for one (limit {limits.max_queued})"
+                )
+            )
+
+    def _failed(self, call: ServedCall[P, R], error: ProviderError) -> None:
+        stats = self._stats
+        if call.state is ServedState.DROPPED:
+            stats.no_reply += 1
+            self._transport.report("no_reply", f"{error}; dropped")
+            return
+        if isinstance(error, TransportClosed):
+            return  # we are closing: not the caller's doing
+        if isinstance(error, Overloaded):
+            stats.overloaded += 1
+            reason = "overloaded"
+        else:
+            stats.bad_params += 1
+            reason = "bad_params"
+            if isinstance(error, InvocationTimeout):
+                stats.params_timeouts += 1
+                reason = "params_timeout"
+            elif isinstance(error, ValueTooLarge):
+                stats.params_too_large += 1
+                reason = "params_too_large"
+        self._transport.report(reason, f"{self.subject}: {error}; answered with no results")
+
+    def _send(self, call: ServedCall[P, R]) -> None:
+        try:
+            for message in call.data_to_send():
+                self._nc.publish_now(*message)
+        except (TransportClosed, OutboundBufferFull) as exc:
+            if not self.closed:
+                self._transport.report("unanswered", f"{self.subject!r}: could not answer a call: {exc}")
+
+    @property
+    def stats(self) -> ServeStats:
+        """The function's counters, the gauges (in flight, waiting, awaiting params) as of now."""
+        admission, stats = self._admission, self._stats
+        stats.in_flight, stats.waiting, stats.awaiting_params = (
+            admission.in_flight,
+            admission.queued,
+            admission.awaiting,
+        )
+        return stats
+
+    # -- tasks ---------------------------------------------------------------------------------
+
+    def _track(self, task: asyncio.Task[None], *, handler: bool) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._handler_done if handler else self._receiver_done)
+
+    async def _receive_params(self, call: ServedCall[P, R]) -> None:
+        """Route ``Rs.params`` to ``call`` until its params are whole, refused or too late."""
+        route = _ParamsRoute(self, call)
+        rs: str | None = None
+        timer: asyncio.TimerHandle | None = None
+        try:
+            rs = await self._inbox.open(route)
+            timer = asyncio.get_running_loop().call_later(self.limits.params_timeout, route.expire)
+            call.accept(rs)
+            route.advance(call.size)
+            await route.done
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if not route.done.done():  # cancelled: the function stops being served
+                route.fail(TransportClosed(f"{self.subject!r} stopped being served"))
+            if rs is not None:
+                await self._inbox.close(rs)
+
+    def _receiver_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s: receiving params failed: %s", self.subject, task.exception())
+
+    def _run(self, call: ServedCall[P, R]) -> None:
+        self._track(asyncio.create_task(self._call_handler(call)), handler=True)
+
+    async def _call_handler(self, call: ServedCall[P, R]) -> None:
+        stats = self._stats
+        try:
+            results = await self._handler(call.params, parse_headers(call.headers))
+            call.send_results(results)
+            stats.served += 1
+        except ProviderError as exc:  # a failure we know (a component trapped…): no traceback
+            stats.handler_failures += 1
+            log.warning("%s: %s; the caller gets no results (a trap)", self.subject, exc)
+        except Exception:
+            stats.handler_failures += 1
+            log.exception("%s: the handler failed; the caller gets no results (a trap)", self.subject)
+        finally:
+            call.trap()  # end of stream alone, unless the results went out
+            self._send(call)
+
+    def _handler_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s: serving a call failed: %s", self.subject, task.exception())
+        following = self._admission.finished()
+        if following is not None:
+            self._run(following)
+
+
+class _ParamsRoute(Generic[P, R]):
+    """The inbox route of a served call whose params are still arriving."""
+
+    __slots__ = ("call", "done", "served")
+
+    def __init__(self, served: Served[P, R], call: ServedCall[P, R]) -> None:
+        self.served = served
+        self.call = call
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def on_message(self, channel: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        call = self.call
+        before = call.size
+        call.receive(channel, reply, data, headers)
+        self.advance(before)
+
+    def fail(self, exc: Exception) -> None:
+        call = self.call
+        if call.state is ServedState.NEW:  # not accepted yet: nothing was sent, nothing to answer
+            self.served._admission.stop_awaiting(call.size)
+            self.done.set_result(None)
+            return
+        before = call.size
+        call.reject(exc if isinstance(exc, ProviderError) else TransportClosed(str(exc)))
+        self.advance(before)
+
+    def expire(self) -> None:
+        before = self.call.size
+        self.call.expire()
+        self.advance(before)
+
+    def advance(self, before: int) -> None:
+        """Account for the bytes the call took in, and hand it on once it stops receiving."""
+        if self.done.done():
+            return
+        call, admission = self.call, self.served._admission
+        if call.size != before:
+            refusal = admission.grow(call.size - before)
+            if refusal is not None and call.state is ServedState.AWAITING_PARAMS:
+                call.reject(Overloaded(refusal))
+        if call.state is not ServedState.AWAITING_PARAMS:
+            admission.stop_awaiting(call.size)
+            self.done.set_result(None)
+        self.served._advance(call)
 
 
 # --- the transport ----------------------------------------------------------------------------
@@ -393,11 +562,33 @@ class WrpcTransport:
         self._served: list[Served[Any, Any]] = []
         self._started = False
         self._subjects: dict[tuple[str, str, str], str] = {}
+        self.failures = DropLog()
+        """Served calls answered with no results or dropped, by reason (``failures.counts``)."""
 
     @property
     def nats(self) -> NatsConnection:
         """The NATS connection underneath."""
         return self._nc
+
+    @property
+    def inbox(self) -> Inbox:
+        """Where replies to this transport's calls arrive."""
+        return self._inbox
+
+    def counters(self) -> dict[str, int]:
+        """What was dropped or refused so far, by reason: NATS messages the connection could
+        not deliver (``nats.<reason>``), publishes refused while disconnected, and served calls
+        answered with no results (``served.<reason>``). For health."""
+        counters = {f"nats.{reason}": count for reason, count in self._nc.drops.counts.items()}
+        counters["nats.publishes_refused"] = self._nc.publishes_refused
+        counters.update({f"served.{reason}": count for reason, count in self.failures.counts.items()})
+        return counters
+
+    def report(self, reason: str, message: str) -> None:
+        """Count a served call that failed for ``reason``; log it, rate-limited per reason."""
+        reported = self.failures.drop(reason, time.monotonic())
+        if reported:
+            log.warning("%s [%d like it since the last report]", message, reported)
 
     async def start(self) -> None:
         """Subscribe the inbox and wait until the server has it. Call once before use."""
@@ -433,33 +624,39 @@ class WrpcTransport:
         *,
         headers: Headers | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        max_results_bytes: int = DEFAULT_MAX_VALUE_BYTES,
     ) -> R:
         """Call ``func`` on ``target_prefix`` (``LATTICE.TARGET_ID``) and return its decoded results.
 
         Raises :class:`NoResponders`, :class:`InvocationTimeout` (``timeout`` covers the
-        whole call), :class:`IncompleteResults` (the callee trapped) or
-        :class:`ProtocolViolation`; ``ValueError`` for a target id or header that cannot
-        go on the wire.
+        whole call), :class:`IncompleteResults` (the callee trapped),
+        :class:`ProtocolViolation` (including results declared larger than
+        ``max_results_bytes``), :class:`OutboundBufferFull` (NATS is disconnected and its
+        reconnect buffer is full) or :class:`TransportClosed`; ``ValueError`` for a target id
+        or header that cannot go on the wire.
         """
         subject = self._subject(target_prefix, func)
-        payload = encode(func.params, params)
         block = header_block(headers) if headers else b""
         nc = self._nc
-        call: _Call[R] = _Call(nc, subject, func.results)
-        rc = await self._inbox.open(call)
-        # What fits in the invocation message itself: max_payload less the header block
-        # and, as the reference client does, the reply subject (spec §3.2).
-        first = max(0, nc.max_payload - len(rc) - len(block))
-        if len(payload) > first:
-            call.tail = payload[first:]
-            payload = payload[:first]
-        timer = asyncio.get_running_loop().call_later(timeout, call.expire, timeout)
+        call = ClientCall(
+            subject,
+            func.results,
+            encode(func.params, params),
+            max_payload=nc.max_payload,
+            timeout=timeout,
+            headers=block,
+            limit=max_results_bytes,
+        )
+        route = _ClientRoute(nc, call)
+        rc = await self._inbox.open(route)
+        timer = asyncio.get_running_loop().call_later(timeout, route.expire)
         try:
-            nc.publish_now(subject, payload, rc, block)
-            return await call.results
+            call.start(rc)
+            route.advance()
+            return await route.future
         finally:
             timer.cancel()
-            call.forget()
+            _forget(route.future)
             await self._inbox.close(rc)
 
     # -- server ----------------------------------------------------------------------------
@@ -471,117 +668,21 @@ class WrpcTransport:
         handler: Handler[P, R],
         *,
         queue_group: str | None = None,
-        max_in_flight: int = 1024,
-        params_timeout: float = DEFAULT_TIMEOUT,
+        limits: ServeLimits | None = None,
     ) -> Served[P, R]:
         """Serve ``func`` at ``target_prefix`` with ``handler(params, headers)``.
 
         Subscribes with ``queue_group`` (default: ``target_prefix``, as wasmCloud does)
-        and returns once the subscription is active. At most ``max_in_flight`` calls run
-        at once; beyond that, invocations wait in order and start as calls finish. A
-        handler that raises is logged and its caller gets an empty result stream (a trap,
-        spec §3.4); WIT-level errors must be returned as ``Err`` values instead.
+        and returns once the subscription is active. ``limits`` bound what the function
+        holds (:class:`ServeLimits`: handlers at once, queued calls, calls still receiving
+        params, their bytes and their deadline); a call over a limit is answered at once
+        with no results. A handler that raises is logged and its caller gets an empty result
+        stream (a trap, spec §3.4); WIT-level errors must be returned as ``Err`` values instead.
         """
-        subject = self._subject(target_prefix, func)
-        stats = ServeStats()
-        served: Served[P, R] = Served(subject, stats, self._nc)
-        tasks = served._tasks
-        waiting: collections.deque[tuple[bytes, bytes, bytes | None]] = collections.deque()
-
-        def start(reply: bytes, data: bytes, headers: bytes | None) -> None:
-            stats.in_flight += 1
-            task = asyncio.create_task(
-                self._handle(subject, func, handler, reply.decode(), data, headers, stats, params_timeout)
-            )
-            tasks.add(task)
-            task.add_done_callback(done)
-
-        def done(task: asyncio.Task[None]) -> None:
-            tasks.discard(task)
-            stats.in_flight -= 1
-            if not task.cancelled() and task.exception() is not None:
-                log.error("%s: serving a call failed: %s", subject, task.exception())
-            if waiting and not served.closed:
-                stats.waiting -= 1
-                start(*waiting.popleft())
-
-        def on_invocation(got: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
-            if not reply:
-                log.warning("dropped an invocation of %s without a reply subject", subject)
-                stats.bad_params += 1
-            elif stats.in_flight < max_in_flight:
-                start(reply, data, headers)
-            else:
-                stats.waiting += 1
-                waiting.append((reply, data, headers))
-
-        served._sub = await self._nc.subscribe_direct(
-            subject, on_invocation, queue=queue_group if queue_group is not None else target_prefix
+        served: Served[P, R] = Served(
+            self, self._subject(target_prefix, func), func, handler, limits or ServeLimits()
         )
+        await served.start(queue_group if queue_group is not None else target_prefix)
         await ensure_active(self._nc)
         self._served.append(served)
         return served
-
-    async def _handle(
-        self,
-        subject: str,
-        func: Function[P, R],
-        handler: Handler[P, R],
-        reply: str,
-        data: bytes,
-        headers: bytes | None,
-        stats: ServeStats,
-        params_timeout: float,
-    ) -> None:
-        nc = self._nc
-        state: _ServedParams[P] | None = None
-        bad: CodecError | None = None
-        try:
-            params = decode(func.params, data)  # the usual case: all params in the first message
-        except IncompleteValue:
-            state = _ServedParams(subject, func.params, data)
-        except CodecError as exc:
-            bad = exc
-        # Complete params need no route: the caller's EOF on Rs.params then lands on a
-        # subject nobody reads, and is dropped by the NATS server.
-        rs = await self._inbox.open(state) if state is not None else self._inbox.reserve()
-        results = results_subject(reply)
-        try:
-            nc.publish_now(reply, b"", rs)  # the handshake, always sent (spec §3.2)
-            if bad is not None:
-                stats.bad_params += 1
-                log.warning("%s: invalid params, answered with no results: %s", subject, bad)
-                return
-            if state is not None:
-                try:
-                    async with asyncio.timeout(params_timeout):
-                        params = await state.future
-                except TimeoutError:
-                    stats.bad_params += 1
-                    log.warning(
-                        "%s: no complete params in %.1fs; answered with no results", subject, params_timeout
-                    )
-                    return
-                except (CodecError, ProtocolViolation) as exc:
-                    stats.bad_params += 1
-                    log.warning("%s: invalid params, answered with no results: %s", subject, exc)
-                    return
-                finally:
-                    state.fail(TransportClosed("call ended"))
-                    await self._inbox.close(rs)
-            try:
-                payload = encode(func.results, await handler(params, parse_headers(headers)))
-            except ProviderError as exc:  # a failure we know (a component trapped…): no traceback
-                stats.handler_failures += 1
-                log.warning("%s: %s; the caller gets no results (a trap)", subject, exc)
-                return
-            except Exception:
-                stats.handler_failures += 1
-                log.exception("%s: the handler failed; the caller gets no results (a trap)", subject)
-                return
-            for chunk in chunks(payload, nc.max_payload):
-                nc.publish_now(results, bytes(chunk))
-            stats.served += 1
-        finally:
-            if not nc.is_closed:
-                nc.publish_now(results, b"")  # end of stream, after the results or alone (a trap)

@@ -14,11 +14,14 @@ from provider.errors import (
     IncompleteResults,
     InvocationTimeout,
     NoResponders,
+    OutboundBufferFull,
     ProtocolViolation,
+    ProviderError,
     TransportClosed,
 )
 from provider.host.nats_server import NatsServer
 from provider.wrpc.codec import Err, Ok, decode, encode
+from provider.wrpc.connection import connect as connect_nats
 from provider.wrpc.messaging import (
     BROKER_MESSAGE,
     MESSAGE_RESULT,
@@ -29,7 +32,7 @@ from provider.wrpc.messaging import (
     RequestParams,
     UnitResult,
 )
-from provider.wrpc.nats import Headers, Inbox, PerCallInbox, SharedInbox, WrpcTransport
+from provider.wrpc.nats import Headers, Inbox, PerCallInbox, SharedInbox, WrpcTransport, ensure_active
 from provider.wrpc.protocol import header_block
 from provider.wrpc.subjects import invocation_subject
 from tests.conftest import Connect
@@ -460,3 +463,60 @@ def test_decoded_request_params_vector_matches_the_spec() -> None:
     """Sanity: the request vector from spec §4.3 decodes to the params the tests send."""
     params = decode(REQUEST.params, bytes.fromhex("037376630470696e678827"))
     assert params == RequestParams("svc", b"ping", 5000)
+
+
+async def test_publish_now_while_disconnected_is_bounded_and_raises_outbound_buffer_full() -> None:
+    """With NATS down, publish_now queues up to the reconnect buffer (pending_size) and then raises
+    OutboundBufferFull, a ProviderError naming the limit; once NATS is back, publishing works again."""
+    server = NatsServer().start()
+    port = server.port
+    disconnected, reconnected = asyncio.Event(), asyncio.Event()
+
+    async def on_disconnected() -> None:
+        disconnected.set()
+
+    async def on_reconnected() -> None:
+        reconnected.set()
+
+    limit = 64 * 1024
+    nc = await connect_nats(
+        server.url,
+        pending_size=limit,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.05,
+        disconnected_cb=on_disconnected,
+        reconnected_cb=on_reconnected,
+    )
+    restarted: NatsServer | None = None
+    try:
+        server.stop()
+        await asyncio.wait_for(disconnected.wait(), WAIT)
+        queued, refusal = 0, None
+        for _ in range(10_000):  # 10 MiB if nothing stopped it
+            try:
+                nc.publish_now("bounded.subject", b"x" * 1024)
+            except OutboundBufferFull as exc:
+                refusal = exc
+                break
+            queued += 1
+        assert isinstance(refusal, ProviderError), f"{queued} KiB queued and no error"
+        assert "limit of 65536" in str(refusal)
+        assert nc.pending_data_size <= limit
+        assert 0 < queued * 1024 <= limit
+        assert nc.publishes_refused == 1
+        restarted = NatsServer(port=port).start()
+        await asyncio.wait_for(reconnected.wait(), WAIT)
+        got: asyncio.Queue[Msg] = asyncio.Queue()
+
+        async def collect(msg: Msg) -> None:
+            await got.put(msg)
+
+        await nc.subscribe("after.reconnect", cb=collect)
+        await ensure_active(nc)
+        nc.publish_now("after.reconnect", b"back")
+        assert (await asyncio.wait_for(got.get(), WAIT)).data == b"back"
+    finally:
+        await nc.close()
+        server.stop()
+        if restarted is not None:
+            restarted.stop()
