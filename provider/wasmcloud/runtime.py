@@ -469,8 +469,15 @@ class ProviderRuntime:
                 health = Health(False, f"health check failed: {exc}")
         body: dict[str, Any] = {"healthy": health.healthy}
         if health.message is not None:
-            body["message"] = health.message
+            body["message"] = health.message + self._wire_drops()
         nc.publish_now(answer_to, json.dumps(body).encode())
+
+    def _wire_drops(self) -> str:
+        """What the NATS and wRPC layers dropped or refused, by reason (nothing if none)."""
+        if self._wrpc is None:
+            return ""
+        counts = {reason: n for reason, n in sorted(self._wrpc.counters().items()) if n}
+        return "; lattice dropped: " + ", ".join(f"{r} {n}" for r, n in counts.items()) if counts else ""
 
     def _on_shutdown(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
         try:

@@ -225,6 +225,11 @@ async def test_a_flood_of_undeliverable_messages_is_dropped_counted_and_logged_r
     assert len(reports) <= 20, "\n".join(reports)
     assert any("dropped a message" in line and "not UTF-8" in line for line in reports), reports
     assert any(publish.decode() in line and "not UTF-8" in line for line in reports), reports
+    answer = await lattice.host.health(lattice.provider, timeout=WAIT)  # type: ignore[union-attr]
+    assert answer is not None
+    dropped = re.search(r"nats\.not_utf8 (\d+)", answer["message"])
+    assert dropped is not None, answer["message"]  # health tells the truth (issue 10 item 10)
+    assert int(dropped.group(1)) >= 2000  # the health requests (the invocations count as served.*)
 
 
 async def test_truncated_invocations_and_a_4_gib_list_do_not_delay_a_good_call(
