@@ -274,3 +274,116 @@ async def test_hostile_messages_on_the_forwarding_subjects_change_nothing(
         assert await component.publish(BrokerMessage(session, b"fine", None)) == Ok(None)
         assert (await recv_json(ws))["body"] == "fine"
     assert figure(await health(a), r"bad lattice message (\d+)") > 0
+
+
+# -- client mode across instances ------------------------------------------------------------------
+
+
+async def start_client_instances(
+    make_lattice: MakeLattice, count: int, component: str, uri: str, **config: str
+) -> list[LocalLattice]:
+    started = []
+    for _ in range(count):
+        lattice = await make_lattice()
+        for link in (
+            handler_link(PROVIDER, component, MODE="client", URI=uri, **config),
+            consumer_link(component, PROVIDER, MODE="client", URI=uri, **config),
+        ):
+            applied = await lattice.put_link(link)
+            assert applied is not None
+            assert "rejected link" not in applied, applied
+        started.append(lattice)
+    await wait_for_each_other(started)
+    return started
+
+
+async def test_one_instance_connects_and_every_instance_sends_through_it(make_lattice: MakeLattice) -> None:
+    """CONNECTIONS=one (the default): of two instances only one connects out; the server's frames
+    reach the component once; publishes, replies to ws.conn.<id> and requests through either
+    instance reach the server on that one connection."""
+    from tests.integration.test_client_mode import Peer, envelope
+
+    async def answer_requests(conn: Any, frame: str | bytes) -> None:
+        message = json.loads(frame)
+        if message.get("reply_to", "").startswith("ws.req."):
+            await conn.send(envelope(message["reply_to"], "answered " + message["body"]))
+
+    peer = await Peer(on_frame=answer_requests).start()
+    try:
+        inbox = Inbox()
+        a, b = await start_client_instances(make_lattice, 2, "feed", peer.uri)
+        component = await a.component("feed", inbox.record)
+        conn = await peer.connection()
+        for i in range(5):
+            await conn.send(envelope("tick", str(i)))
+        messages = await inbox.wait_for(5)
+        assert [m.body for m in messages] == [str(i).encode() for i in range(5)]
+        with pytest.raises(TimeoutError):  # once, not once per instance; and no second connection
+            await asyncio.wait_for(peer.connections.get(), 0.5)
+        assert len(inbox.messages) == 5
+        reply_to = messages[0].reply_to
+        assert reply_to is not None
+        for i in range(20):
+            assert await component.publish(BrokerMessage("out", f"p{i}".encode(), None)) == Ok(None)
+            assert await component.publish(BrokerMessage(reply_to, f"r{i}".encode(), None)) == Ok(None)
+        bodies = [(await peer.json_frame())["body"] for _ in range(40)]
+        assert bodies == [f"{kind}{i}" for i in range(20) for kind in ("p", "r")]
+        for i in range(10):
+            result = await component.request("ask", f"q{i}".encode(), 5000)
+            assert isinstance(result, Ok), result
+            assert result.value.body == f"answered q{i}".encode()
+        holders = [await health(lattice) for lattice in (a, b)]
+        assert sum("1/1 client connection(s) open" in h for h in holders) == 1
+        assert sum("held by another instance" in h for h in holders) == 1
+        assert sum([figure(h, r"forwarded (\d+)") for h in holders]) > 0
+    finally:
+        await peer.stop()
+
+
+async def test_when_the_holder_is_killed_another_instance_connects(make_lattice: MakeLattice) -> None:
+    """kill -9 the instance that holds a connection: once its lease expires another instance
+    connects, and the component receives and sends again (the time it took is printed)."""
+    from tests.integration.test_client_mode import Peer, envelope
+
+    peer = await Peer().start()
+    try:
+        inbox = Inbox()
+        lattices = await start_client_instances(make_lattice, 2, "feed", peer.uri)
+        component = await lattices[0].component("feed", inbox.record)
+        await peer.connection()
+        open_ = [lattice for lattice in lattices if "1/1 client connection(s) open" in await health(lattice)]
+        assert len(open_) == 1
+        holder = open_[0]
+        other = next(lattice for lattice in lattices if lattice is not holder)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await holder.process.kill()
+        conn = await peer.connection()
+        took = loop.time() - started
+        print(f"failover: the other instance connected {took:.2f}s after the holder was killed")
+        assert took < 8.0
+        await conn.send(envelope("after", "failover"))
+        [after] = await inbox.wait_for(1)
+        assert after.body == b"failover"
+        assert await component.publish(BrokerMessage(after.reply_to or "", b"back", None)) == Ok(None)
+        assert (await peer.json_frame())["body"] == "back"
+        assert "1/1 client connection(s) open" in await health(other)
+    finally:
+        await peer.stop()
+
+
+async def test_connections_every_connects_from_every_instance(make_lattice: MakeLattice) -> None:
+    """CONNECTIONS=every: each instance connects, so each frame reaches the component once per instance."""
+    from tests.integration.test_client_mode import Peer, envelope
+
+    peer = await Peer().start()
+    try:
+        inbox = Inbox()
+        lattices = await start_client_instances(make_lattice, 2, "feed", peer.uri, CONNECTIONS="every")
+        await lattices[0].component("feed", inbox.record)
+        first, second = await peer.connection(), await peer.connection()
+        await first.send(envelope("tick", "1"))
+        await second.send(envelope("tick", "2"))
+        assert sorted(m.body for m in await inbox.wait_for(2)) == [b"1", b"2"]
+    finally:
+        await peer.stop()
