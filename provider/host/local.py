@@ -129,6 +129,9 @@ class LocalHost:
         self.resolved: Resolved = {}
         self.engine = WasmEngine(cache_dir)
         self.lattice: LocalLattice | None = None
+        """The first provider instance (the one the components' wRPC goes through)."""
+        self.instances: list[LocalLattice] = []
+        """Every provider instance (``instances`` of the capability's scaler): they share sessions."""
         self.components: dict[str, WasmComponent] = {}
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
 
@@ -149,19 +152,27 @@ class LocalHost:
             self._tmp = tempfile.TemporaryDirectory(prefix="wasmcloud-local-host-")
             launcher = write_launcher(Path(self._tmp.name) / LAUNCHER_NAME)
         capability = self.app.capability
-        self.lattice = LocalLattice(
-            self.nats_url,
-            launcher,
-            provider_id=capability.id,
-            lattice=self.lattice_name,
-            config=capability.config,
-            secrets=secret_values(capability.own.secrets, self.resolved),
-            log_level=self.log_level,
-            echo_logs=self.echo_logs,
-            cwd=self.base_dir,
-            own_process_group=self.own_process_group,
-        )
-        await self.lattice.start()
+        config = dict(capability.config)
+        if capability.instances > 1:  # one machine: the instances share each listening port
+            config.setdefault("REUSE_PORT", "true")
+        for _ in range(capability.instances):
+            instance = LocalLattice(
+                self.nats_url,
+                launcher,
+                provider_id=capability.id,
+                lattice=self.lattice_name,
+                config=config,
+                secrets=secret_values(capability.own.secrets, self.resolved),
+                log_level=self.log_level,
+                echo_logs=self.echo_logs,
+                cwd=self.base_dir,
+                own_process_group=self.own_process_group,
+            )
+            self.instances.append(instance)
+            await instance.start()
+        self.lattice = self.instances[0]
+        if capability.instances > 1:
+            log.info("provider %s runs %d instances", capability.id, capability.instances)
         assert self.lattice.transport is not None
         for component in self.app.components:
             running = WasmComponent(
@@ -181,21 +192,21 @@ class LocalHost:
             )
         consumers = [link for link in self.app.links if link.target == capability.name]
         handlers = [link for link in self.app.links if link.source == capability.name]
-        for link in consumers + handlers:
-            await self._put_link(link)
+        for instance in self.instances:  # every host of a lattice applies every link to its instance
+            for link in consumers + handlers:
+                await self._put_link(instance, link)
 
-    async def _put_link(self, link: Link) -> None:
-        assert self.lattice is not None
-        assert self.lattice.host is not None
+    async def _put_link(self, instance: LocalLattice, link: Link) -> None:
+        assert instance.host is not None
         where = f"{self.app.source}:{link.line}"
-        definition = self.lattice.host.seal_sides(  # both sides, to the provider, as a host seals them
+        definition = instance.host.seal_sides(  # both sides, to the provider, as a host seals them
             link.definition,
-            self.lattice.provider,
+            instance.provider,
             source=secret_values(link.source_side.secrets, self.resolved),
             target=secret_values(link.target_side.secrets, self.resolved),
         )
         try:
-            answer = await self.lattice.apply_link(definition, wait=LINK_WAIT)
+            answer = await instance.apply_link(definition, wait=LINK_WAIT)
         except TimeoutError:
             raise HostError(
                 f"{where}: the provider did not answer the put of {link.definition.describe()} "
@@ -232,14 +243,14 @@ class LocalHost:
 
     async def stop(self) -> None:
         """Shut the provider down as a host does, then stop the components. Idempotent."""
-        lattice, self.lattice = self.lattice, None
-        if lattice is not None:
-            await lattice.stop_provider()  # first: it closes its sessions while components still answer
+        instances, self.instances, self.lattice = self.instances, [], None
+        for instance in instances:
+            await instance.stop_provider()  # first: it closes its sessions while components still answer
         components, self.components = list(self.components.values()), {}
         for component in components:
             await component.close()
-        if lattice is not None:
-            await lattice.stop()
+        for instance in instances:
+            await instance.stop()
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None

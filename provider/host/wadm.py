@@ -207,6 +207,9 @@ class Capability:
     line: int
     config: Mapping[str, str] = field(default_factory=dict)
     own: Side = field(default_factory=Side)
+    instances: int = 1
+    """Provider processes the local host runs (a scaler's ``instances``): they share sessions as
+    a lattice's instances do (design §7), and one listening port, with ``REUSE_PORT``."""
 
 
 @dataclass(frozen=True)
@@ -836,6 +839,7 @@ def load(text: str, source: str = "wadm.yaml", *, named_configs: NamedConfigs | 
         capability_entry.line,
         capability_side.config,
         capability_side,
+        _instances(check, capability_entry, f"capability {capability_entry.name!r}"),
     )
     components = tuple(_component(check, e, named) for e in entries.values() if e.type == "component")
     links = tuple(_finish_link(check, draft, named) for draft in drafts)
@@ -953,6 +957,18 @@ def _capability(check: _Checker, entries: Mapping[str, _Entry]) -> _Entry:
 def _component(check: _Checker, entry: _Entry, named: NamedConfigs) -> Component:
     where = f"component {entry.name!r}"
     own = Side(check.resolve(entry.configs, named), entry.secrets)  # checked, then unused
+    return Component(
+        entry.name,
+        entry.id,
+        entry.properties["image"].strip(),
+        entry.line,
+        _instances(check, entry, where),
+        own,
+    )
+
+
+def _instances(check: _Checker, entry: _Entry, where: str) -> int:
+    """A scaler trait's ``instances`` (1 without one), at most :data:`MAX_INSTANCES`."""
     instances = 1
     for trait in entry.traits:
         if trait.get("type") in SCALERS:
@@ -966,7 +982,7 @@ def _component(check: _Checker, entry: _Entry, named: NamedConfigs) -> Component
                     f"{where}: instances must be a whole number of at least 1, got {value!r}",
                 )
             instances = min(value, MAX_INSTANCES)
-    return Component(entry.name, entry.id, entry.properties["image"].strip(), entry.line, instances, own)
+    return instances
 
 
 def _links(
@@ -1134,10 +1150,11 @@ def linked_component_manifest(
     consumer: Mapping[str, str],
     instances: int = 1,
     name: str = "test-app",
+    provider_instances: int = 1,
 ) -> str:
     """A manifest running ``wasm`` as ``component``, linked both ways with this provider:
-    ``handler`` is the provider's source config, ``consumer`` its target config. What the
-    local-host tests and ``make bench`` run."""
+    ``handler`` is the provider's source config, ``consumer`` its target config, each run as
+    ``instances`` / ``provider_instances``. What the local-host tests and ``make bench`` run."""
     return f"""\
 apiVersion: core.oam.dev/v1beta1
 kind: Application
@@ -1171,6 +1188,9 @@ spec:
         image: file://./unused.par.gz
         id: websocket-provider
       traits:
+        - type: daemonscaler
+          properties:
+            instances: {provider_instances}
         - type: link
           properties:
             namespace: wasmcloud

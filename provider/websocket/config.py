@@ -383,6 +383,7 @@ SERVER_KEYS = KeyTable(
         Key("LIFECYCLE_EVENTS", None, False, "false", _choice(_BOOL, "must be true or false")),
         Key("SESSIONS_TIMEOUT_MS", None, 300, "300", _whole(1, 60_000)),
         Key("STATIC_DIR", "static_dir", None, "none", _optional_text),
+        Key("REUSE_PORT", "reuse_port", False, "false", _choice(_BOOL, "must be true or false")),
         SESSION_TRACKING,
     ],
 )
@@ -515,6 +516,7 @@ class ServerSettings:
     tls_key: str | None = field(default=SERVER_KEYS.default("tls_key"), repr=False)
     compression: bool = SERVER_KEYS.default("compression")
     static_dir: str | None = SERVER_KEYS.default("static_dir")
+    reuse_port: bool = SERVER_KEYS.default("reuse_port")
 
     @property
     def host(self) -> str:

@@ -227,6 +227,7 @@ class WsServer:
                 close_timeout=CLOSE_TIMEOUT,
                 ssl=tls,
                 server_header=None,
+                reuse_port=s.reuse_port or None,
                 logger=logging.getLogger("websockets.server"),
             )
         except OSError as exc:

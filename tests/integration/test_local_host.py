@@ -93,6 +93,34 @@ async def test_echo_component_answers_every_client(
         assert stats.traps == 0
 
 
+async def test_several_provider_instances_share_one_port_and_the_sessions(
+    wasm: Mapping[str, Path], nats_server: NatsServer, launcher: Path
+) -> None:
+    """A capability scaled to 2 instances runs two provider processes on one port (REUSE_PORT):
+    clients land on both, and every echo comes back, forwarded to the instance that holds the
+    session when the component's publish lands on the other."""
+    port = free_port()
+    text = manifest(
+        "echo", wasm["echo"], handler=server_mode(port), consumer={"MODE": "server"}, provider_instances=2
+    )
+    async with running(text, nats_server, launcher) as host:
+        assert len(host.instances) == 2
+        clients = [await open_ws(port) for _ in range(12)]
+        try:
+            for index, ws in enumerate(clients):
+                await ws.send(json.dumps({"subject": "echo.n", "body": f"client {index}"}))
+                assert (await recv_json(ws))["body"] == f"client {index}"
+            messages = [(await instance.instance_health())["message"] for instance in host.instances]
+        finally:
+            for ws in clients:
+                await ws.close()
+        sessions = [int(re.search(r"(\d+) session\(s\)", m).group(1)) for m in messages]  # type: ignore[union-attr]
+        assert sum(sessions) == 12
+        assert all(count > 0 for count in sessions), (
+            f"the kernel sent every client to one instance: {sessions}"
+        )
+
+
 async def test_chat_demo_three_clients(nats_server: NatsServer, launcher: Path) -> None:
     """The repository's wadm.yaml (on a free port): everyone sees each message, joins and leaves."""
     port = free_port()
