@@ -1155,6 +1155,10 @@ def linked_component_manifest(
     """A manifest running ``wasm`` as ``component``, linked both ways with this provider:
     ``handler`` is the provider's source config, ``consumer`` its target config, each run as
     ``instances`` / ``provider_instances``. What the local-host tests and ``make bench`` run."""
+    scaler = ""
+    if provider_instances > 1:
+        scaler = "\n        - type: daemonscaler\n          properties:\n"
+        scaler += f"            instances: {provider_instances}"
     return f"""\
 apiVersion: core.oam.dev/v1beta1
 kind: Application
@@ -1187,10 +1191,7 @@ spec:
       properties:
         image: file://./unused.par.gz
         id: websocket-provider
-      traits:
-        - type: daemonscaler
-          properties:
-            instances: {provider_instances}
+      traits:{scaler}
         - type: link
           properties:
             namespace: wasmcloud
