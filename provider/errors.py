@@ -15,7 +15,9 @@ when they wrap a lower-level error::
     │   ├── IncompleteResults      the result stream ended before a value (the callee trapped)
     │   ├── ProtocolViolation      the peer broke the wRPC protocol (no reply subject, bad status…)
     │   └── TransportClosed        the transport was closed while the call was in flight
-    └── ConfigError                bad input from the host or a link (HostData, link config, secrets)
+    ├── ConfigError                bad input from the host or a link (HostData, link config, secrets)
+    │   └── InvalidKey             an nkey's text that does not decode (base32, checksum, prefix, length)
+    └── ArchiveError               a provider archive (PAR) or its claims that a host or wash would refuse
 """
 
 from __future__ import annotations
@@ -99,3 +101,16 @@ class TransportClosed(WrpcError):
 
 class ConfigError(ProviderError):
     """Bad input from the host or a link: HostData, link config, secrets."""
+
+
+class InvalidKey(ConfigError):
+    """An nkey's text (``A…``, ``V…``, ``X…``, ``SA…``…) that is not base32, fails its checksum,
+    has another key type's prefix or the wrong length."""
+
+
+class ArchiveError(ProviderError):
+    """A provider archive that is malformed, tampered with, incomplete or wrongly signed.
+
+    The message names the entry or claim at fault, as ``python -m provider.archive inspect``
+    prints it.
+    """
