@@ -6,14 +6,14 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test unit lint format launcher bench bench-wrpc clean run components chromium
+.PHONY: setup test unit lint format launcher par par-inspect bench bench-wrpc clean run run-venv components chromium
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,par]'
 	touch $@
 
 ## lint: ruff (lint + format check) and mypy (strict on provider/)
@@ -34,7 +34,18 @@ format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-## launcher: build/wasmcloud-ws-provider, the executable a provider archive carries
+## par: build/wasmcloud-ws-provider.par.gz, the signed provider archive a lattice runs (the frozen
+## provider is cached in .cache/par by a hash of its inputs; keys from WASH_ISSUER_KEY /
+## WASH_SUBJECT_KEY, else generated once into .keys/)
+PAR := build/wasmcloud-ws-provider.par.gz
+par: setup
+	$(BIN)/python -m provider.archive build --out $(PAR)
+
+## par-inspect: the archive's claims, checked like wash inspect (hashes, keys, signature)
+par-inspect: par
+	$(BIN)/python -m provider.archive inspect $(PAR)
+
+## launcher: build/wasmcloud-ws-provider, a launcher that runs this checkout's venv (this machine only)
 launcher: setup
 	$(BIN)/python -c "from pathlib import Path; from provider.host.launcher import write_launcher; print(write_launcher(Path('build/wasmcloud-ws-provider')))"
 

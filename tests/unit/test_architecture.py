@@ -2,7 +2,10 @@
 
 Layers, inner to outer: ``wrpc`` → ``wasmcloud`` → ``websocket`` → ``host``. A module may
 import its own layer and inner ones only; ``__main__`` (the composition root) may import all.
-A module whose docstring says "Pure." imports no event loop, network, process or wasm library.
+``archive`` (provider archives: claims, tar layout, the frozen executable) stands beside
+them: it imports none of the provider's layers, and only ``host`` imports it. Top-level
+modules (``errors``, ``nkeys``) import no layer. A module whose docstring says "Pure."
+imports no event loop, network, process or wasm library.
 """
 
 from __future__ import annotations
@@ -13,7 +16,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2] / "provider"
-LAYERS = ["wrpc", "wasmcloud", "websocket", "host"]
+LAYERS = ["wrpc", "wasmcloud", "websocket", "archive", "host"]
+MAY_IMPORT = {
+    "wrpc": set(),
+    "wasmcloud": {"wrpc"},
+    "websocket": {"wrpc", "wasmcloud"},
+    "archive": set(),
+    "host": {"wrpc", "wasmcloud", "websocket", "archive"},
+}
+"""Each layer and the other layers it may import."""
 IO_MODULES = {
     "asyncio",
     "nats",
@@ -25,7 +36,16 @@ IO_MODULES = {
     "ssl",
     "selectors",
 }
-MUST_BE_PURE = {"errors.py", "wrpc/codec.py", "wrpc/messaging.py", "wrpc/subjects.py"}
+MUST_BE_PURE = {
+    "errors.py",
+    "nkeys.py",
+    "wrpc/codec.py",
+    "wrpc/messaging.py",
+    "wrpc/subjects.py",
+    "archive/jwt.py",
+    "archive/par.py",
+    "archive/stub.py",
+}
 
 
 def _modules() -> list[Path]:
@@ -43,24 +63,31 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
-def _layer(path: Path) -> int | None:
+def _layer(path: Path) -> str | None:
     parts = path.relative_to(ROOT).parts
     if parts == ("__main__.py",):  # the composition root: wires every layer together
-        return len(LAYERS) - 1
-    return LAYERS.index(parts[0]) if len(parts) > 1 and parts[0] in LAYERS else None
+        return "host"
+    return parts[0] if len(parts) > 1 and parts[0] in LAYERS else None
 
 
 @pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_dependencies_point_inward(path: Path) -> None:
-    """No module imports a layer outside its own."""
+    """No module imports a layer it may not: an outer one, or ``archive`` from a provider layer."""
     own = _layer(path)
+    allowed = set() if own is None else MAY_IMPORT[own] | {own}
     for name in _imports(path):
         parts = name.split(".")
         if parts[0] != "provider" or len(parts) < 2 or parts[1] not in LAYERS:
             continue
-        target = LAYERS.index(parts[1])
-        limit = own if own is not None else -1
-        assert target <= limit, f"{path.relative_to(ROOT)} imports {name}, an outer layer"
+        assert parts[1] in allowed, f"{path.relative_to(ROOT)} imports {name}, a layer it may not use"
+
+
+def test_the_layer_rules_are_acyclic_and_cover_every_package() -> None:
+    """Every package under provider/ is a known layer, and the allowed imports form no cycle."""
+    packages = {p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file()}
+    assert packages == set(LAYERS)
+    for index, layer in enumerate(LAYERS):  # listed so that each imports only earlier ones
+        assert MAY_IMPORT[layer] <= set(LAYERS[:index]), layer
 
 
 @pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(ROOT)))
