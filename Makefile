@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test unit lint format launcher par par-inspect bench bench-wrpc clean run run-venv components chromium
+.PHONY: setup test unit lint format launcher par par-inspect bench bench-wrpc bench-par clean run run-venv components chromium
 
 setup: $(STAMP)
 
@@ -53,6 +53,10 @@ launcher: setup
 bench-wrpc: setup
 	$(BIN)/python -m bench.wrpc
 
+## bench-par: the archive's binary next to the venv launcher: start to healthy, idle RSS, shutdown
+bench-par: par
+	$(BIN)/python -m bench.par --archive $(PAR)
+
 ## bench: the provider against a bare websockets server (throughput, latency, memory, broadcast),
 ## table on stdout, chart and raw numbers in bench/results/<time>/
 BENCH_STAMP := $(VENV)/.bench-installed
@@ -63,9 +67,14 @@ $(BENCH_STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
 	touch $@
 
-## run: NATS, the provider (server mode on 127.0.0.1:8080) and the chat component from wadm.yaml
-run: setup
-	$(BIN)/python -m provider.host run wadm.yaml
+## run: NATS, the provider (server mode on 127.0.0.1:8080) and the chat component from wadm.yaml;
+## the provider is the archive's own binary (make par first: cached, ~15 s when the provider changed)
+run: par
+	$(BIN)/python -m provider.host run wadm.yaml --provider archive
+
+## run-venv: the same with the provider run from this checkout's venv (no freezing)
+run-venv: setup
+	$(BIN)/python -m provider.host run wadm.yaml --provider venv
 
 ## components: build components/* into build/components/*.wasm (cached by a hash of their inputs)
 components: setup
