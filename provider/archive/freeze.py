@@ -7,8 +7,8 @@ tar and puts the ``/bin/sh`` stub of :mod:`provider.archive.stub` in front of it
 
 The result is cached in ``<cache>/par/<input key>/`` where the key hashes everything the
 bundle is made from (:func:`inputs`): the provider's sources outside ``provider/host``, the
-files in ``packaging/``, the Python and PyInstaller versions and those of every bundled
-distribution. The same inputs always give the same bytes (PYTHONHASHSEED=0, sorted
+files in ``packaging/``, ``pyproject.toml``, the Python, PyInstaller and ``strip`` versions and
+those of every bundled distribution. The same inputs always give the same bytes (PYTHONHASHSEED=0, sorted
 entries, no times), so the key could as well name the output; a rebuild happens only when
 something that goes into the bundle changed.
 """
@@ -29,6 +29,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,7 @@ def _sources(root: Path) -> Iterator[Path]:
     for path in sorted((root / "packaging").iterdir()):
         if path.is_file():
             yield path
+    yield root / "pyproject.toml"  # the version the bundle reports, and its dependencies
 
 
 def inputs(root: Path) -> dict[str, str]:
@@ -62,7 +64,6 @@ def inputs(root: Path) -> dict[str, str]:
         "python": sys.version,
         "platform": native_target(),
         "pyinstaller": _version("pyinstaller"),
-        "project": _version("wasmcloud-websocket-provider"),
         "strip": _strip_version(),
     }
     for name in BUNDLED:
@@ -208,7 +209,7 @@ def freeze(root: Path, cache_dir: Path, *, log: bool = True) -> Frozen:
         glibc = glibc_needed(bundle)
         payload = pack_directory(bundle)
         key = hashlib.sha256(payload).hexdigest()
-        version = _version("wasmcloud-websocket-provider")
+        version = tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"]
         executable = stub.wrap(payload, key, version=version, target=target, glibc=glibc)
         seconds = round(time.monotonic() - started, 1)
         staged = work / "entry"
