@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help setup test unit coverage lint format launcher bench bench-wrpc fuzz clean run components chromium
+.PHONY: help setup test unit coverage lint format launcher par par-inspect bench bench-wrpc bench-par fuzz clean run run-venv components chromium
 
 ## help: this list of targets
 help:
@@ -18,7 +18,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[host,dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[host,dev,par]'
 	touch $@
 
 ## lint: ruff (lint + format check) and mypy (strict on provider/)
@@ -47,7 +47,18 @@ format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-## launcher: build/wasmcloud-ws-provider, a shell launcher for this venv's provider
+## par: build/wasmcloud-ws-provider.par.gz, the signed provider archive a lattice runs (the frozen
+## provider is cached in .cache/par by a hash of its inputs; keys from WASH_ISSUER_KEY /
+## WASH_SUBJECT_KEY, else generated once into .keys/)
+PAR := build/wasmcloud-ws-provider.par.gz
+par: setup
+	$(BIN)/python -m provider.archive build --out $(PAR)
+
+## par-inspect: the archive's claims, checked like wash inspect (hashes, keys, signature)
+par-inspect: par
+	$(BIN)/python -m provider.archive inspect $(PAR)
+
+## launcher: build/wasmcloud-ws-provider, a launcher that runs this checkout's venv (this machine only)
 launcher: setup
 	$(BIN)/python -c "from pathlib import Path; from provider.host.launcher import write_launcher; print(write_launcher(Path('build/wasmcloud-ws-provider')))"
 
@@ -63,8 +74,12 @@ fuzz: setup $(FUZZ_STAMP)
 	$(BIN)/python -m fuzz.run --seconds $(FUZZ_SECONDS)
 
 $(FUZZ_STAMP): pyproject.toml
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[host,dev,fuzz]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[host,dev,par,fuzz]'
 	touch $@
+
+## bench-par: the archive's binary next to the venv launcher: start to healthy, idle RSS, shutdown
+bench-par: par
+	$(BIN)/python -m bench.par --archive $(PAR)
 
 ## bench: the provider against a bare websockets server (throughput, latency, memory, broadcast),
 ## table on stdout, chart and raw numbers in bench/results/<time>/
@@ -76,9 +91,14 @@ $(BENCH_STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
 	touch $@
 
-## run: NATS, the provider (server mode on 127.0.0.1:8080) and the chat component from wadm.yaml
-run: setup
-	$(BIN)/python -m provider.host run wadm.yaml
+## run: NATS, the provider (server mode on 127.0.0.1:8080) and the chat component from wadm.yaml;
+## the provider is the archive's own binary (make par first: cached, ~15 s when the provider changed)
+run: par
+	$(BIN)/python -m provider.host run wadm.yaml --provider archive
+
+## run-venv: the same with the provider run from this checkout's venv (no freezing)
+run-venv: setup
+	$(BIN)/python -m provider.host run wadm.yaml --provider venv
 
 ## components: build components/* into build/components/*.wasm (cached by a hash of their inputs)
 components: setup

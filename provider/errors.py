@@ -18,7 +18,9 @@ when they wrap a lower-level error::
     │   ├── TransportClosed        the transport was closed while the call was in flight
     │   ├── Overloaded             a served function is over one of its limits: answered with no results
     │   └── OutboundBufferFull     NATS is disconnected and its reconnect buffer is full: not sent
-    └── ConfigError                bad input from the host or a link (HostData, link config, secrets)
+    ├── ConfigError                bad input from the host or a link (HostData, link config, secrets)
+    │   └── InvalidKey             an nkey's text that does not decode (base32, checksum, prefix, length)
+    └── ArchiveError               a provider archive (PAR) or its claims that a host or wash would refuse
 """
 
 from __future__ import annotations
@@ -131,3 +133,16 @@ class OutboundBufferFull(WrpcError):
 
 class ConfigError(ProviderError):
     """Bad input from the host or a link: HostData, link config, secrets."""
+
+
+class InvalidKey(ConfigError):
+    """An nkey's text (``A…``, ``V…``, ``X…``, ``SA…``…) that is not base32, fails its checksum,
+    has another key type's prefix or the wrong length."""
+
+
+class ArchiveError(ProviderError):
+    """A provider archive that is malformed, tampered with, incomplete or wrongly signed.
+
+    The message names the entry or claim at fault, as ``python -m provider.archive inspect``
+    prints it.
+    """

@@ -109,6 +109,13 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--nats-port", type=int, default=-1, help="NATS port on 127.0.0.1 (default: a free one)")
     run.add_argument("--lattice", default="default", help="lattice name (default: default)")
     run.add_argument("--log-level", default="info", help="the provider's and the host's log level")
+    run.add_argument(
+        "--provider",
+        choices=("auto", "archive", "venv"),
+        default="auto",
+        help="run the capability's file:// archive (archive), this checkout's venv (venv), or the "
+        "archive when it exists (auto, the default)",
+    )
     build = commands.add_parser("build", help="build components/<NAME>/ into build/components/<NAME>.wasm")
     build.add_argument("names", nargs="*", help="components to build (default: every one)")
     build.add_argument("--root", type=Path, default=Path(), help="the project root (default: .)")
@@ -245,6 +252,7 @@ async def run(
             echo_logs=True,
             own_process_group=True,
             secrets=secrets,
+            provider=args.provider,
         )
         if not await _until_stopped(host.start(), stop):
             return

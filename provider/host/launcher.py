@@ -1,10 +1,12 @@
-"""Launching the provider as a wasmCloud host does (protocol spec §1.1, §1.2). I/O.
+"""Launching the provider as a wasmCloud host does (protocol spec §1.1, §1.2, §11.3). I/O.
 
-A host extracts the provider's executable from its archive and runs it directly: no
-shell, no arguments, an **empty environment** (no PATH, no HOME; only ``OTEL_*`` and
-``RUST_LOG`` pass), HostData written on stdin, stdout and stderr inherited. The
-executable we ship for that is a two-line ``/bin/sh`` launcher that ``exec``\\ s this
-environment's Python by absolute path (:func:`write_launcher`, ``make launcher``).
+A host takes the provider's executable from its archive (checking its SHA-256 against the
+claims) and runs it directly: no shell, no arguments, an **empty environment** (no PATH,
+no HOME; only ``OTEL_*`` and ``RUST_LOG`` pass), HostData written on stdin, stdout and
+stderr inherited. The local host starts either that same executable, unpacked from the
+archive its manifest names (:func:`unpack_archive`), or a two-line ``/bin/sh`` launcher
+that ``exec``\\ s this environment's Python by absolute path (:func:`write_launcher`, ``make
+launcher``); :func:`provider_executable` chooses.
 """
 
 from __future__ import annotations
@@ -16,11 +18,20 @@ import re
 import shlex
 import sys
 from collections import deque
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
+from provider.archive import par
+from provider.errors import ArchiveError
 from provider.wasmcloud.hostdata import HostData
 
 LAUNCHER_NAME = "wasmcloud-ws-provider"
+FILE_SCHEME = "file://"
+
+ProviderSource = Literal["auto", "archive", "venv"]
+"""What the local host runs: the capability's archive, this checkout's venv, or the archive
+when its ``image`` is a ``file://`` archive that exists (``auto``)."""
 
 
 def launcher_script(python: str | None = None) -> str:
@@ -43,6 +54,49 @@ def write_launcher(path: Path, python: str | None = None) -> Path:
     return path
 
 
+def unpack_archive(archive: Path, directory: Path) -> Path:
+    """This machine's binary from ``archive``, checked as a host checks it (the claims decode,
+    the target is there, its SHA-256 matches ``target_hashes``), written to ``directory``
+    with mode 0755 as a host writes it to its cache. Raises :class:`ArchiveError`."""
+    target = par.native_target()
+    try:
+        data = archive.read_bytes()
+    except OSError as exc:
+        raise ArchiveError(f"cannot read {archive}: {exc.strerror}") from None
+    try:
+        binary = par.load_target(data, target)
+    except ArchiveError as exc:
+        raise ArchiveError(f"{archive}: {exc}") from None
+    path = directory / f"{target}.bin"
+    path.write_bytes(binary)
+    path.chmod(0o755)
+    return path
+
+
+def provider_executable(
+    image: str, base_dir: Path, directory: Path, source: ProviderSource = "auto"
+) -> tuple[Path, str]:
+    """The executable the local host starts for a capability whose ``image`` is given (relative
+    ``file://`` paths against ``base_dir``), put in ``directory``; and a phrase saying what it is.
+
+    ``auto`` runs the archive when ``image`` names one that exists, else this venv. Raises
+    :class:`ArchiveError` when the archive is asked for and cannot be run.
+    """
+    path: Path | None = None
+    if image.startswith(FILE_SCHEME):
+        path = Path(image[len(FILE_SCHEME) :])
+        path = (path if path.is_absolute() else base_dir / path).resolve()
+    usable = path is not None and path.is_file()
+    if source == "venv" or (source == "auto" and not usable):
+        why = "as asked" if source == "venv" else f"{image} is not a file here; `make par` builds it"
+        return write_launcher(directory / LAUNCHER_NAME), f"this checkout's venv ({why})"
+    if path is None:
+        raise ArchiveError(f"image {image!r} is not a file:// archive: the local host pulls nothing")
+    if not usable:
+        raise ArchiveError(f"{path} does not exist: `make par` builds it")
+    return unpack_archive(path, directory), f"the archive {path}"
+
+
 def host_environment() -> dict[str, str]:
     """What a host passes its providers: ``RUST_LOG`` and ``OTEL_*`` only."""
     return {k: v for k, v in os.environ.items() if k == "RUST_LOG" or k.startswith("OTEL_")}
@@ -54,7 +108,9 @@ class ProviderProcess:
     ``echo`` copies the provider's log lines to this process's stderr (the host's output).
     ``cwd`` is its working directory (default: this process's). ``own_process_group``
     starts it in a process group of its own, so a terminal's Ctrl-C reaches only the host,
-    which then shuts it down in order (the local host's ``run`` does that).
+    which then shuts it down in order (the local host's ``run`` does that). ``environment``
+    adds variables to what a host passes (tests give an archive's binary a ``TMPDIR`` of
+    their own to count what it leaves there).
     """
 
     def __init__(
@@ -65,8 +121,10 @@ class ProviderProcess:
         keep_lines: int = 10_000,
         cwd: Path | None = None,
         own_process_group: bool = False,
+        environment: Mapping[str, str] | None = None,
     ) -> None:
         self.executable = executable
+        self.environment = dict(environment or {})
         self.echo = echo
         self.cwd = cwd
         self.own_process_group = own_process_group
@@ -93,7 +151,7 @@ class ProviderProcess:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
-            env=host_environment(),
+            env={**host_environment(), **self.environment},
             cwd=self.cwd,
             process_group=0 if self.own_process_group else None,
         )

