@@ -6,9 +6,17 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test unit lint format launcher bench bench-wrpc clean run components chromium
+.PHONY: setup setup-v2 test unit lint format launcher bench bench-wrpc clean run run-v2 components chromium
 
 setup: $(STAMP)
+
+## setup-v2: the v2 extra too (wash 2.x, a real wasmCloud 2.x host for the bridge)
+V2_STAMP := $(VENV)/.v2-installed
+setup-v2: $(V2_STAMP)
+
+$(V2_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,v2]'
+	touch $@
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,8 +31,8 @@ lint: setup
 	$(BIN)/mypy
 
 ## test: lint, then every test (unit and integration, real nats-server on loopback, real wasm
-## components, headless Chromium for the demo page)
-test: lint chromium
+## components, headless Chromium for the demo page, `wash dev` as the v2 host of the bridge tests)
+test: lint chromium setup-v2
 	$(BIN)/python -m pytest
 
 unit: setup
