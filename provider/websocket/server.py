@@ -44,7 +44,7 @@ from provider.websocket.peer import (
     send_frame,
     server_tls,
 )
-from provider.websocket.subjects import CONNECTED, DISCONNECTED, new_id, session_subject
+from provider.websocket.subjects import SERVER_NAMING, Naming
 from provider.wrpc.messaging import BrokerMessage
 
 log = logging.getLogger("provider.websocket.server")
@@ -69,7 +69,7 @@ class Session:
 
     @property
     def reply_subject(self) -> str:
-        return session_subject(self.id)
+        return self.server.naming.session_subject(self.id)
 
     def info(self) -> dict[str, object]:
         """What ``ws.sessions`` and lifecycle events tell a component about this session."""
@@ -128,10 +128,17 @@ class WsServer:
     """A listening WebSocket server and its sessions, delivering to the handler links on its address."""
 
     def __init__(
-        self, settings: ServerSettings, deliver: Deliver, counters: Counters, index: SessionIndex
+        self,
+        settings: ServerSettings,
+        deliver: Deliver,
+        counters: Counters,
+        index: SessionIndex,
+        naming: Naming = SERVER_NAMING,
     ) -> None:
         self.settings = settings
         self.counters = counters
+        self.naming = naming
+        """Session ids and the subjects of deliveries (the v2 bridge brings its own)."""
         self.closer = Closer()
         self._deliver = deliver
         self._index = index
@@ -261,14 +268,16 @@ class WsServer:
         s = self.settings
         url = urlsplit(ws.request.path if ws.request else s.path)
         host, port = ws.remote_address[:2] if ws.remote_address else ("?", 0)
-        session = Session(new_id(), ws, self, f"{host}:{port}", url.path, _strip_token(url.query))
+        session = Session(
+            self.naming.new_session_id(), ws, self, f"{host}:{port}", url.path, _strip_token(url.query)
+        )
         self.sessions[session.id] = session
         self._index.add(session)
         window = DeliveryWindow(s.delivery_window)
         bucket = TokenBucket(s.rate_limit) if s.rate_limit > 0 else None
         log.debug("session %s opened from %s", session.id, session.remote)
         try:
-            await self._lifecycle(window, session, CONNECTED, session.info())
+            await self._lifecycle(window, session, self.naming.connected, session.info())
             async for frame in ws:
                 self.counters.frames_in += 1
                 if bucket is not None:
@@ -283,7 +292,7 @@ class WsServer:
                 window.cancel()
             else:
                 closed = {"code": ws.close_code, "reason": ws.close_reason or ""}
-                await self._lifecycle(window, session, DISCONNECTED, {**session.info(), **closed})
+                await self._lifecycle(window, session, self.naming.disconnected, {**session.info(), **closed})
             await window.drain()
             log.debug("session %s closed (%s)", session.id, ws.close_code)
 
@@ -291,7 +300,8 @@ class WsServer:
         s = self.settings
         try:
             envelope = formats.decode(s.format, frame, s.subject)
-        except formats.FrameError as exc:
+            subject = self.naming.delivered_subject(envelope.subject)
+        except (formats.FrameError, ValueError) as exc:
             self.counters.bad_frames += 1
             self._reply_error(session, str(exc))
             return
@@ -300,7 +310,7 @@ class WsServer:
             self.counters.unrouted_frames += 1
             self._reply_error(session, f"no component subscribes to subject {envelope.subject!r}")
             return
-        msg = BrokerMessage(envelope.subject, envelope.body, session.reply_subject)
+        msg = BrokerMessage(subject, envelope.body, session.reply_subject)
         await window.submit(self._deliver_all(targets, msg, session.id))
 
     def _reply_error(self, session: Session, message: str) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
+from typing import Protocol
 
 PREFIX = "ws."
 SESSION = "ws.session."
@@ -42,6 +43,80 @@ def new_id() -> str:
 
 def session_subject(session_id: str) -> str:
     return SESSION + session_id
+
+
+# -- session ids that name their instance (design §7) ------------------------------------------------
+# One place for the scheme, so that server mode and the v2 bridge draw ids the same way.
+
+
+def new_instance_tag() -> str:
+    """A short random token naming one running instance (32 bits as 8 hex characters).
+
+    Drawn afresh by every process, so a restarted instance has a new tag. Two instances that
+    drew the same tag would both subscribe to each other's session subjects; each still only
+    delivers to the sessions it holds, so a collision costs log noise, not misdelivery.
+    """
+    return secrets.token_hex(4)
+
+
+def instance_session_id(tag: str) -> str:
+    """A session id that names its instance: ``<tag>.<rand>``, ``<rand>`` being 128 random bits.
+
+    The owner is known from the id alone (its first token), so one wildcard subscription
+    (``….session.<tag>.>``) covers every session of an instance.
+    """
+    return f"{tag}.{new_id()}"
+
+
+class Naming(Protocol):
+    """How a server names its sessions and the subjects of what it delivers.
+
+    Server mode uses :data:`SERVER_NAMING` (``ws.session.<id>``, ``ws.connected``, client
+    subjects as they are); the v2 bridge (:mod:`provider.bridge.subjects`) puts everything
+    under its ``PREFIX`` and client subjects under ``PREFIX.in.``.
+    """
+
+    @property
+    def connected(self) -> str:
+        """The subject of the lifecycle event delivered when a session opens."""
+        ...
+
+    @property
+    def disconnected(self) -> str:
+        """The subject of the lifecycle event delivered when a session closes."""
+        ...
+
+    def new_session_id(self) -> str:
+        """A fresh, unguessable session id."""
+        ...
+
+    def session_subject(self, session_id: str) -> str:
+        """The reply subject of a session's frames."""
+        ...
+
+    def delivered_subject(self, client_subject: str) -> str:
+        """The subject a client's frame is delivered on. Raises ``ValueError`` saying why it is refused."""
+        ...
+
+
+@dataclass(frozen=True)
+class ServerNaming:
+    """Server mode's names: ``ws.session.<id>``, ``ws.connected`` / ``ws.disconnected``, subjects as sent."""
+
+    connected: str = CONNECTED
+    disconnected: str = DISCONNECTED
+
+    def new_session_id(self) -> str:
+        return new_id()
+
+    def session_subject(self, session_id: str) -> str:
+        return session_subject(session_id)
+
+    def delivered_subject(self, client_subject: str) -> str:
+        return client_subject
+
+
+SERVER_NAMING = ServerNaming()
 
 
 def connection_subject(connection_id: str, reply_to: str | None = None) -> str:

@@ -1,6 +1,6 @@
 """The layering of ``provider/`` holds: dependencies point inward, pure modules do no I/O.
 
-Layers, inner to outer: ``wrpc`` → ``wasmcloud`` → ``websocket`` → ``host``. A module may
+Layers, inner to outer: ``wrpc`` → ``wasmcloud`` → ``websocket`` → ``bridge`` → ``host``. A module may
 import its own layer and inner ones only; ``__main__`` (the composition root) may import all.
 A module whose docstring says "Pure." imports no event loop, network, process or wasm library.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2] / "provider"
-LAYERS = ["wrpc", "wasmcloud", "websocket", "host"]
+LAYERS = ["wrpc", "wasmcloud", "websocket", "bridge", "host"]
 IO_MODULES = {
     "asyncio",
     "nats",
@@ -25,7 +25,14 @@ IO_MODULES = {
     "ssl",
     "selectors",
 }
-MUST_BE_PURE = {"errors.py", "wrpc/codec.py", "wrpc/messaging.py", "wrpc/subjects.py"}
+MUST_BE_PURE = {
+    "errors.py",
+    "wrpc/codec.py",
+    "wrpc/messaging.py",
+    "wrpc/subjects.py",
+    "bridge/subjects.py",
+    "bridge/config.py",
+}
 
 
 def _modules() -> list[Path]:
