@@ -148,11 +148,14 @@ def _sources(
     secret: dict[str, SecretValue] = {}
     origin: dict[str, str] = {}
 
-    def put(key: str, value: str, where: str, *, is_secret: bool) -> None:
+    def claim(key: str, where: str) -> None:
         if not key:
             raise ConfigError(f"{where}: the key is empty")
         if key in origin:
             raise ConfigError(f"{key} is given twice: by {origin[key]} and by {where}; give it once")
+
+    def put(key: str, value: str, where: str, *, is_secret: bool) -> None:
+        claim(key, where)
         origin[key] = where
         if is_secret or key in SECRET_KEYS:
             secret[key] = SecretValue(value)
@@ -160,6 +163,7 @@ def _sources(
             plain[key] = value
 
     def from_file(key: str, path: str, where: str) -> None:
+        claim(key, where)  # before reading: a second source is an error whatever the file holds
         try:
             text = read(path)
         except (OSError, UnicodeDecodeError) as exc:
