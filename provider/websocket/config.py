@@ -153,7 +153,7 @@ class ServerSettings:
     path: str = "/ws"
     format: Format = Format.JSON
     subject: str = "ws.message"
-    auth_token: str | None = None
+    auth_token: str | None = field(default=None, repr=False)
     allowed_origins: tuple[str, ...] = ()
     max_connections: int = 10_000
     max_message_bytes: int = MIB
@@ -163,7 +163,7 @@ class ServerSettings:
     rate_limit: float = 0.0
     delivery_window: int = 1
     tls_cert: str | None = None
-    tls_key: str | None = None
+    tls_key: str | None = field(default=None, repr=False)
     compression: bool = False
     static_dir: str | None = None
 
