@@ -64,6 +64,11 @@ $(BENCH_STAMP): pyproject.toml
 run: setup
 	$(BIN)/python -m provider.host run wadm.yaml
 
+## run-v2: the chat on a real wasmCloud 2.x host: NATS, `wash dev` running components/chat and the
+## v2 bridge on 127.0.0.1:8090 (open http://127.0.0.1:8090/); Ctrl-C stops everything
+run-v2: setup-v2
+	$(BIN)/python -m provider.host run-v2
+
 ## components: build components/* into build/components/*.wasm (cached by a hash of their inputs)
 components: setup
 	$(BIN)/python -m provider.host build
