@@ -508,3 +508,78 @@ async def test_help_and_missing_nats(v2_nats: NatsServer) -> None:
     _, err = await bare.communicate()
     assert bare.returncode == 2
     assert b"--nats URL is required" in err
+
+
+# -- NATS permissions are the access control -------------------------------------------------------------
+
+PERMISSIONS = """
+authorization {
+  users: [
+    { user: bridge, password: "%(bridge)s", permissions: {
+        publish: ["ws.in.>", "ws.event.>", "ws.bridge.sessions"],
+        subscribe: ["ws.session.>", "ws.close.>", "ws.broadcast", "ws.sessions", "ws.bridge.sessions",
+                    "_INBOX.>"],
+        allow_responses: true } },
+    { user: host, password: "%(host)s", permissions: {
+        publish: ["ws.session.>", "ws.close.>", "ws.broadcast", "ws.sessions"],
+        subscribe: ["ws.in.>", "ws.event.>", "_INBOX.>"] } },
+    { user: other, password: "%(other)s", permissions: {
+        publish: { deny: ["ws.>"] }, subscribe: { deny: ["ws.>"] } } }
+  ]
+}
+"""
+"""The README's least-privilege example: the bridge, the v2 host's data-NATS user, everyone else."""
+
+
+async def test_the_bridge_works_with_least_privilege_permissions_and_others_are_kept_off_ws() -> None:
+    """With the README's NATS permissions the bridge serves echo, broadcast and sessions, and a
+    third user can neither publish to a session nor listen to the clients' frames."""
+    passwords = {name: secrets.token_urlsafe(12) for name in ("bridge", "host", "other")}
+    with NatsServer(extra_config=PERMISSIONS % passwords) as server:
+        keys = {"NATS_USER": "bridge", "NATS_PASSWORD": passwords["bridge"]}
+        async with bridge(server, **keys) as b:
+            host = await nats.connect(server.url, user="host", password=passwords["host"])
+            violations: list[str] = []
+            refused = asyncio.Event()
+
+            async def on_error(exc: Exception) -> None:
+                violations.append(str(exc))
+                if len(violations) == 2:
+                    refused.set()
+
+            other = await nats.connect(
+                server.url, user="other", password=passwords["other"], error_cb=on_error
+            )
+            try:
+
+                async def component(msg: Msg) -> None:  # what v2-echo does, as the host's user
+                    if msg.subject == "ws.in.broadcast":
+                        await host.publish("ws.broadcast", msg.data)
+                    elif msg.subject == "ws.in.sessions":
+                        answer = await host.request("ws.sessions", b"", timeout=WAIT)
+                        await host.publish(msg.reply, answer.data)
+                    else:
+                        await host.publish(msg.reply, msg.data)
+
+                await host.subscribe("ws.in.>", queue="component", cb=component)
+                await host.flush()
+                ws = await client(b)
+                await send(ws, "echo", "allowed")
+                [answer] = await receive(ws)
+                assert answer["body"] == "allowed"
+                await send(ws, "broadcast", "to all")
+                assert (await receive(ws))[0]["subject"] == "ws.broadcast"
+                await send(ws, "sessions")
+                assert json.loads((await receive(ws))[0]["body"])[0]["reply_to"] == answer["subject"]
+
+                await other.publish(answer["subject"], b"spoofed")
+                await other.subscribe("ws.in.>")
+                await asyncio.wait_for(refused.wait(), WAIT)  # the server's -ERR for each
+                assert all("permissions violation" in v.lower() for v in violations), violations
+                # The spoofed frame never came: the next frame the client gets is its own echo.
+                await send(ws, "echo", "next")
+                assert (await receive(ws))[0]["body"] == "next"
+                await ws.close()
+            finally:
+                await host.close()
+                await other.close()
