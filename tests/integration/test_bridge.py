@@ -372,6 +372,22 @@ async def test_max_message_bytes_follows_the_nats_max_payload(tmp_path: Path) ->
         assert "max_payload 4096" in process.output
 
 
+async def test_a_frame_that_cannot_be_published_gets_ws_error() -> None:
+    """With NATS gone, frames wait in the client's reconnect buffer; past it, each gets ws.error."""
+    with NatsServer() as doomed:
+        async with bridge(doomed) as b:
+            ws = await client(b, max_size=None)
+            doomed.stop()
+            await b.wait_for_line("NATS: disconnected", WAIT)
+            body = "x" * 900_000  # nats-py buffers 2 MiB while reconnecting: the third one is refused
+            for _ in range(3):
+                await send(ws, "big", body)
+            [error] = await receive(ws)
+            assert error["subject"] == "ws.error"
+            assert "not published on 'ws.in.big'" in error["body"]
+            await ws.close()
+
+
 # -- NATS side: credentials, hostile peers ---------------------------------------------------------------
 
 
