@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help setup test unit coverage lint format launcher par par-inspect bench bench-wrpc bench-par fuzz clean run run-venv components chromium
+.PHONY: help setup setup-v2 test unit coverage lint format launcher par par-inspect bench bench-wrpc bench-par fuzz clean run run-venv run-v2 components chromium
 
 ## help: this list of targets
 help:
@@ -14,6 +14,14 @@ help:
 
 ## setup: the venv in .venv with the provider (editable), the local host and the dev tools
 setup: $(STAMP)
+
+## setup-v2: the v2 extra too (wash 2.x, a real wasmCloud 2.x host for the bridge)
+V2_STAMP := $(VENV)/.v2-installed
+setup-v2: $(V2_STAMP)
+
+$(V2_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[host,dev,par,v2]'
+	touch $@
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,8 +36,8 @@ lint: setup
 	$(BIN)/mypy
 
 ## test: lint, then every test (unit and integration, real nats-server on loopback, real wasm
-## components, headless Chromium for the demo page)
-test: lint coverage chromium
+## components, headless Chromium for the demo page, `wash dev` as the v2 host of the bridge tests)
+test: lint coverage chromium setup-v2
 	$(BIN)/python -m pytest
 	$(MAKE) fuzz FUZZ_SECONDS=20
 
@@ -99,6 +107,11 @@ run: par
 ## run-venv: the same with the provider run from this checkout's venv (no freezing)
 run-venv: setup
 	$(BIN)/python -m provider.host run wadm.yaml --provider venv
+
+## run-v2: the chat on a real wasmCloud 2.x host: NATS, `wash dev` running components/chat and the
+## v2 bridge on 127.0.0.1:8090 (open http://127.0.0.1:8090/); Ctrl-C stops everything
+run-v2: setup-v2
+	$(BIN)/python -m provider.host run-v2
 
 ## components: build components/* into build/components/*.wasm (cached by a hash of their inputs)
 components: setup

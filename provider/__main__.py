@@ -3,18 +3,26 @@
 The only place that reads stdin, installs signal handlers and runs the event loop.
 Exit codes: 0 after a shutdown request (or SIGTERM/SIGINT), 2 for unusable HostData,
 1 when the lattice cannot be reached or the provider fails.
+
+``python -m provider bridge --nats URL [KEY=VALUE ...]`` runs the wasmCloud 2.x bridge
+instead (:mod:`provider.bridge`; no HostData): exit code 0 after SIGTERM/SIGINT, 2 for bad
+arguments or settings, 1 when NATS cannot be reached or the bridge fails.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import resource
 import select
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
+from provider.bridge.bridge import Bridge
+from provider.bridge.config import USAGE, BridgeSettings, HelpRequested, parse_command_line
 from provider.errors import ConfigError, ProviderError
 from provider.wasmcloud import logs
 from provider.wasmcloud.hostdata import HostData, decode_host_data
@@ -70,7 +78,47 @@ async def serve(host_data: HostData) -> None:
     await runtime.run()
 
 
+def _read_text(path: str) -> str:
+    return Path(path).read_text()
+
+
+async def serve_bridge(settings: BridgeSettings) -> None:
+    """Run the bridge until SIGTERM or SIGINT (both close every session with 1001)."""
+    bridge = Bridge(settings)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, bridge.stop)
+    await bridge.run()
+
+
+def bridge_main(argv: list[str]) -> None:
+    """``python -m provider bridge …`` (also ``wasmcloud-ws-provider bridge …``)."""
+    try:
+        settings = parse_command_line(argv, os.environ, _read_text)
+    except HelpRequested:
+        print(USAGE, end="")
+        return
+    except ConfigError as exc:
+        print(f"wasmcloud-ws-provider bridge: {exc}", file=sys.stderr)
+        sys.exit(2)
+    logs.configure(settings.log_level, structured=settings.json_logs)
+    try:
+        asyncio.run(serve_bridge(settings))
+    except ConfigError as exc:  # a setting the NATS server cannot honour (seen once connected)
+        log.error("%s", exc)
+        logging.shutdown()
+        sys.exit(2)
+    except ProviderError as exc:
+        log.error("%s", exc)
+        logging.shutdown()
+        sys.exit(1)
+    logging.shutdown()
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["bridge"]:
+        bridge_main(sys.argv[2:])
+        return
     try:
         host_data = read_host_data()
     except ConfigError as exc:

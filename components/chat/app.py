@@ -11,6 +11,10 @@ Everything it sends is a JSON text body, published to ``ws.broadcast`` (all sess
 the servers that deliver to it) or to the client's own reply subject. A client's name
 is derived from its session id, so the component keeps no state between messages (any
 of its instances can handle any message) and never shows a session id to others.
+
+The same component runs on a wasmCloud 2.x host behind the bridge (``make run-v2``), whose
+lifecycle events are ``ws.event.connected`` / ``ws.event.disconnected`` and whose client
+frames arrive on ``ws.in.<subject>``: subscribe it to ``ws.in.>,ws.event.>``.
 """
 
 import hashlib
@@ -22,8 +26,8 @@ from wit_world.imports import consumer
 from wit_world.imports.types import BrokerMessage
 
 BROADCAST = "ws.broadcast"
-CONNECTED = "ws.connected"
-DISCONNECTED = "ws.disconnected"
+CONNECTED = ("ws.connected", "ws.event.connected")  # server mode, the v2 bridge
+DISCONNECTED = ("ws.disconnected", "ws.event.disconnected")
 SESSION = "ws.session."
 MAX_TEXT = 2000
 """Characters of a message that are passed on; the rest is cut."""
@@ -43,10 +47,10 @@ class Handler(exports.Handler):
         if msg.reply_to is None or not msg.reply_to.startswith(SESSION):
             raise Err("chat takes messages from WebSocket sessions (reply-to ws.session.<id>)")
         who = name_of(msg.reply_to)
-        if msg.subject == CONNECTED:
+        if msg.subject in CONNECTED:
             send(msg.reply_to, {"type": "welcome", "you": who})
             send(BROADCAST, {"type": "join", "who": who})
-        elif msg.subject == DISCONNECTED:
+        elif msg.subject in DISCONNECTED:
             send(BROADCAST, {"type": "leave", "who": who})
         else:
             text = msg.body.decode("utf-8", errors="replace")[:MAX_TEXT]

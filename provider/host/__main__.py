@@ -6,6 +6,7 @@ Commands::
     check [wadm.yaml]    check the manifest, its images, configs and secrets; show what the
                          provider gets per link (secrets redacted); start nothing
     build [NAME ...]     build components/<NAME>/ into build/components/<NAME>.wasm (default: all)
+    run-v2               the chat on a real wasmCloud 2.x host: NATS, wash dev, the v2 bridge
 
 ``run`` and ``check`` take the values of the manifest's secret references from
 ``--secret KEY=VALUE``, ``--secret-env KEY=VARIABLE`` and ``--secrets-file FILE`` (a YAML or
@@ -36,9 +37,10 @@ from pathlib import Path
 from typing import Any
 
 from provider.errors import ConfigError, ProviderError
-from provider.host.build import BuildError, ComponentBuilder, find_sources
+from provider.host.build import BuildError, ComponentBuilder, ComponentSource, find_sources
 from provider.host.local import LocalHost, prepare, resolve_images
 from provider.host.nats_server import NatsServer
+from provider.host.v2 import BridgeProcess
 from provider.host.wadm import (
     Application,
     LocalSecrets,
@@ -54,9 +56,15 @@ from provider.host.wadm import (
     parse_secret_env,
     resolve_secrets,
 )
+from provider.host.wash import Probe, WashDev, WashError, wash_unusable
 from provider.host.wasm import WasmEngine
 
 log = logging.getLogger("provider.host")
+
+V2_URI = "127.0.0.1:8090"
+"""Where ``run-v2`` serves the chat unless told (not ``make run``'s 8080, so both can run)."""
+V2_SUBSCRIPTIONS = "ws.in.>,ws.event.>"
+"""What the chat subscribes to behind the bridge: client frames and lifecycle events."""
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -116,6 +124,12 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         help="run the capability's file:// archive (archive), this checkout's venv (venv), or the "
         "archive when it exists (auto, the default)",
     )
+    v2 = commands.add_parser(
+        "run-v2", help="the chat on wasmCloud 2.x: NATS, wash dev running components/chat, the v2 bridge"
+    )
+    v2.add_argument("--uri", default=V2_URI, help=f"where the bridge listens (default: {V2_URI})")
+    v2.add_argument("--root", type=Path, default=Path(), help="the project root (default: .)")
+    v2.add_argument("--log-level", default="info", help="the bridge's log level")
     build = commands.add_parser("build", help="build components/<NAME>/ into build/components/<NAME>.wasm")
     build.add_argument("names", nargs="*", help="components to build (default: every one)")
     build.add_argument("--root", type=Path, default=Path(), help="the project root (default: .)")
@@ -311,6 +325,87 @@ def _banner(host: LocalHost, nats: NatsServer) -> None:
     print("\n".join(lines), flush=True)
 
 
+async def run_v2(args: argparse.Namespace) -> None:
+    """The chat on a real wasmCloud 2.x host until Ctrl-C or SIGTERM; then bridge, wash, NATS, in order."""
+    root = args.root.resolve()
+    source = ComponentSource("chat", root / "components" / "chat", root / "wit")
+    reason = wash_unusable()
+    if reason is not None:
+        raise WashError(f"{reason}; make run-v2 installs it (pip install -e '.[v2]')")
+    nats = NatsServer(own_process_group=True)
+    wash: WashDev | None = None
+    bridge: BridgeProcess | None = None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if not stop.is_set():
+            print("\nstopping…", file=sys.stderr, flush=True)
+            stop.set()
+            return
+        # A second Ctrl-C: do not wait for anyone; take the children down with us.
+        for pid in (
+            bridge.pid if bridge and bridge.returncode is None else None,
+            wash and wash.pid,
+            nats.pid,
+        ):
+            if pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        os._exit(130)
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(signum, on_signal)
+    try:
+        built: list[Path] = []
+
+        async def build_chat() -> None:  # cached by a hash of its inputs: only the first run builds
+            built.append(await asyncio.to_thread(ComponentBuilder(root / ".cache").build, source))
+
+        if not await _until_stopped(build_chat(), stop):
+            return
+        nats.start()
+        probe = Probe(subject="ws.event.connected", body=b"{}")  # the chat welcomes the probe
+        wash = WashDev(built[0], nats.url, subscriptions=V2_SUBSCRIPTIONS, probe=probe, echo=True)
+        print("starting wash dev (it compiles the component: about a minute)…", file=sys.stderr, flush=True)
+        wash.launch()
+        if not await _until_stopped(wash.wait_ready(), stop):
+            return
+        keys = {
+            "URI": args.uri,
+            "PATH": "/ws",
+            "FORMAT": "json",
+            "LIFECYCLE_EVENTS": "true",
+            "STATIC_DIR": str(root / "components" / "chat" / "static"),
+        }
+        bridge = BridgeProcess(nats.url, keys, log_level=args.log_level, echo=True, own_process_group=True)
+        if not await _until_stopped(bridge.launch(), stop):
+            return
+        page = bridge.url.removesuffix("/ws").replace("ws://", "http://").replace("wss://", "https://")
+        lines = [
+            "",
+            "  chat on wasmCloud 2.x: running",
+            f"  NATS       {nats.url}",
+            f"  wash dev   pid {wash.pid}, components/chat, subscriptions {V2_SUBSCRIPTIONS}"
+            f" (ready after {wash.ready_after:.0f} s)",
+            f"  bridge     pid {bridge.pid}, instance {bridge.tag}",
+            f"  open       {page}/",
+            f"  websocket  {bridge.url}",
+            "",
+            "  Ready. Ctrl-C stops everything.",
+            "",
+        ]
+        print("\n".join(lines), flush=True)
+        await stop.wait()
+    finally:
+        if bridge is not None:
+            await bridge.terminate()
+        if wash is not None:
+            await asyncio.to_thread(wash.stop)
+        nats.stop()
+        print("stopped: bridge, wash dev and NATS", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """The command line."""
     args = _arguments(argv)
@@ -319,6 +414,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.command == "build":
             build(args.names, args.root, args.cache_dir)
+            return
+        if args.command == "run-v2":
+            asyncio.run(run_v2(args))
             return
         app = _load(args.manifest, args.config_file)
         base = args.manifest.resolve().parent

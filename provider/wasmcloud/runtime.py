@@ -133,6 +133,35 @@ async def connect_lattice(host_data: HostData, timeout: float = CONNECT_TIMEOUT)
     but a refusal (bad credentials, say) fails at once with the server's reason. Once
     connected, the client reconnects for as long as the provider runs.
     """
+    options: dict[str, Any] = {}
+    if host_data.lattice_rpc_user_jwt and host_data.lattice_rpc_user_seed:
+        options["user_credentials"] = nats_credentials(
+            host_data.lattice_rpc_user_jwt, host_data.lattice_rpc_user_seed
+        )
+    return await connect_nats_retrying(
+        host_data.lattice_rpc_url,
+        name=f"wasmcloud-ws-provider {host_data.provider_key}",
+        shown=host_data.lattice_rpc_url,
+        timeout=timeout,
+        what="the lattice",
+        **options,
+    )
+
+
+async def connect_nats_retrying(
+    servers: str | list[str],
+    *,
+    name: str,
+    shown: str,
+    timeout: float = CONNECT_TIMEOUT,
+    what: str = "NATS",
+    **options: Any,
+) -> NatsConnection:
+    """Connect to ``servers``, retrying for up to ``timeout`` while unreachable; a refusal fails at once.
+
+    Once connected, the client reconnects forever. ``shown`` names the servers in log lines
+    and errors (without credentials); ``what`` is what they are (``the lattice``).
+    """
 
     async def on_error(exc: Exception) -> None:
         log.warning("NATS: %s", exc)
@@ -140,25 +169,19 @@ async def connect_lattice(host_data: HostData, timeout: float = CONNECT_TIMEOUT)
     async def on_disconnected() -> None:
         # Not for a first attempt that failed (reported below), nor for our own close.
         if nc_ready and not nc.is_closed:
-            log.warning("NATS: disconnected from %s, reconnecting", host_data.lattice_rpc_url)
+            log.warning("NATS: disconnected from %s, reconnecting", shown)
 
     async def on_reconnected() -> None:
         log.info("NATS: reconnected")
 
-    options: dict[str, Any] = {}
-    if host_data.lattice_rpc_user_jwt and host_data.lattice_rpc_user_seed:
-        options["user_credentials"] = nats_credentials(
-            host_data.lattice_rpc_user_jwt, host_data.lattice_rpc_user_seed
-        )
-    url = host_data.lattice_rpc_url
     nc_ready = False
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
         try:
             nc = await connect_nats(
-                url,
-                name=f"wasmcloud-ws-provider {host_data.provider_key}",
+                servers,
+                name=name,
                 connect_timeout=max(0.1, min(2.0, deadline - loop.time())),
                 allow_reconnect=False,  # the first connection: fail fast, so that a refusal is seen
                 max_reconnect_attempts=-1,
@@ -171,12 +194,12 @@ async def connect_lattice(host_data: HostData, timeout: float = CONNECT_TIMEOUT)
         except (OSError, TimeoutError) as exc:  # not reachable (yet): retry until the deadline
             if loop.time() >= deadline:
                 raise ProviderError(
-                    f"cannot connect to the lattice at {url} within {timeout:g}s: {exc}"
+                    f"cannot connect to {what} at {shown} within {timeout:g}s: {exc}"
                 ) from exc
             await asyncio.sleep(min(0.25, max(0.0, deadline - loop.time())))  # retry back-off
             continue
         except Exception as exc:
-            raise ProviderError(f"the lattice at {url} refused the connection: {exc}") from exc
+            raise ProviderError(f"{what} at {shown} refused the connection: {exc}") from exc
         # nats-py reads this option whenever the connection drops: from now on, reconnect forever.
         nc.options["allow_reconnect"] = True
         nc_ready = True

@@ -554,11 +554,14 @@ _LIFECYCLE = next(k for k in SERVER_KEYS if k.name == "LIFECYCLE_EVENTS")
 _SESSIONS_TIMEOUT = next(k for k in SERVER_KEYS if k.name == "SESSIONS_TIMEOUT_MS")
 
 
-def sessions_timeout(config: Config) -> float:
-    """Seconds ``ws.sessions`` waits for the other instances (a consumer link's key, or the provider's)."""
+def sessions_timeout(config: Config, *, strict: bool = False) -> float:
+    """Seconds ``ws.sessions`` waits for the other instances (``SESSIONS_TIMEOUT_MS``: a consumer
+    link's key, or the provider's). A bad value is the default, or with ``strict`` a ConfigError."""
     try:
         milliseconds: int = _SESSIONS_TIMEOUT.read(config, _SESSIONS_TIMEOUT)
     except ConfigError:
+        if strict:
+            raise
         milliseconds = _SESSIONS_TIMEOUT.default
     return milliseconds / 1000
 

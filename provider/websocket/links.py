@@ -28,7 +28,7 @@ from provider.websocket.config import ClientSettings, Mode, client_settings, del
 from provider.websocket.election import Elector, Holder, Lease
 from provider.websocket.peer import Counters, Deliver
 from provider.websocket.server import SessionIndex, WsServer
-from provider.websocket.subjects import Ids
+from provider.websocket.subjects import Ids, ServerNaming
 
 log = logging.getLogger("provider.websocket")
 
@@ -57,7 +57,9 @@ class Servers:
         wanted = delivery(link.config)
         server = self.by_address.get(settings.address)
         if server is None:
-            server = WsServer(settings, self._deliver, self._counters, self._sessions, self._ids)
+            server = WsServer(
+                settings, self._deliver, self._counters, self._sessions, ServerNaming(self._ids)
+            )
             await server.start()
             self.by_address[settings.address] = server
         else:

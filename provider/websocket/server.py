@@ -56,14 +56,7 @@ from provider.websocket.peer import (
     send_frame,
     server_tls,
 )
-from provider.websocket.subjects import (
-    CONNECTED,
-    DISCONNECTED,
-    FrameType,
-    Ids,
-    is_reserved,
-    session_subject,
-)
+from provider.websocket.subjects import FrameType, Ids, Naming, ReservedSubject, ServerNaming
 from provider.wrpc.messaging import BrokerMessage
 
 log = logging.getLogger("provider.websocket.server")
@@ -94,7 +87,7 @@ class Session:
 
     @property
     def reply_subject(self) -> str:
-        return session_subject(self.id)
+        return self.server.naming.session_subject(self.id)
 
     def info(self) -> dict[str, object]:
         """What ``ws.sessions`` and lifecycle events tell a component about this session."""
@@ -161,11 +154,12 @@ class WsServer:
         deliver: Deliver,
         counters: Counters,
         index: SessionIndex,
-        ids: Ids | None = None,
+        naming: Naming | None = None,
     ) -> None:
         self.settings = settings
-        self._ids = ids or Ids.for_instance()
         self.counters = counters
+        self.naming: Naming = naming or ServerNaming(Ids.for_instance())
+        """Session ids and the subjects of deliveries (the v2 bridge brings its own)."""
         self.closer = Closer()
         self._deliver = deliver
         self._index = index
@@ -185,7 +179,7 @@ class WsServer:
     @property
     def instance(self) -> str:
         """The tag of the provider instance this server runs in (the first token of its session ids)."""
-        return self._ids.tag
+        return self.naming.tag
 
     @property
     def has_links(self) -> bool:
@@ -324,7 +318,9 @@ class WsServer:
         s = self.settings
         url = urlsplit(ws.request.path if ws.request else s.path)
         host, port = ws.remote_address[:2] if ws.remote_address else ("?", 0)
-        session = Session(self._ids.session(), ws, self, f"{host}:{port}", url.path, _strip_token(url.query))
+        session = Session(
+            self.naming.new_session_id(), ws, self, f"{host}:{port}", url.path, _strip_token(url.query)
+        )
         self.sessions[session.id] = session
         self._index.add(session)
         window = DeliveryWindow(s.delivery_window)
@@ -339,7 +335,7 @@ class WsServer:
         )
         log.debug("session %s opened from %s", session.id, session.remote)
         try:
-            await self._lifecycle(window, session, CONNECTED, session.info())
+            await self._lifecycle(window, session, self.naming.connected, session.info())
             async for frame in ws:
                 self.counters.frames_in += 1
                 liveness.frames += 1
@@ -360,7 +356,7 @@ class WsServer:
                 window.cancel()
             else:
                 closed = {"code": ws.close_code, "reason": ws.close_reason or ""}
-                await self._lifecycle(window, session, DISCONNECTED, {**session.info(), **closed})
+                await self._lifecycle(window, session, self.naming.disconnected, {**session.info(), **closed})
             await window.drain()
             self._count_close(session)
 
@@ -382,13 +378,15 @@ class WsServer:
         s = self.settings
         try:
             envelope = formats.decode(s.format, frame, s.subject)
+            subject = self.naming.delivered_subject(envelope.subject)
         except formats.FrameError as exc:
             self._reply_error(session, DROP_BAD_FRAME, str(exc))
             return
-        if s.format is not formats.Format.RAW and is_reserved(envelope.subject):
-            self._reply_error(
-                session, DROP_RESERVED, f"subject {envelope.subject!r} is reserved for the provider (ws.*)"
-            )
+        except ReservedSubject as exc:
+            self._reply_error(session, DROP_RESERVED, str(exc))
+            return
+        except ValueError as exc:  # a subject the naming refuses (the v2 bridge: not NATS tokens)
+            self._reply_error(session, DROP_BAD_FRAME, str(exc))
             return
         targets = self._targets(envelope.subject)
         if not targets:
@@ -398,8 +396,8 @@ class WsServer:
             return
         # A raw binary frame's reply subject asks for a binary answer, so an echo keeps the type.
         binary = s.format is formats.Format.RAW and isinstance(frame, bytes)
-        reply_to = session_subject(session.id, FrameType.BINARY) if binary else session.reply_subject
-        msg = BrokerMessage(envelope.subject, envelope.body, reply_to)
+        reply_to = self.naming.session_subject(session.id, FrameType.BINARY if binary else None)
+        msg = BrokerMessage(subject, envelope.body, reply_to)
         await window.submit(self._deliver_all(targets, msg, session.id))
 
     def _reply_error(self, session: Session, reason: str, message: str) -> None:

@@ -28,6 +28,9 @@ import enum
 import hashlib
 import secrets
 from dataclasses import dataclass
+from typing import Protocol
+
+from provider.errors import ProviderError
 
 PREFIX = "ws."
 SESSION = "ws.session."
@@ -41,7 +44,10 @@ REQUEST = "ws.req."
 ERROR = "ws.error"
 
 RESERVED_SUBJECTS = frozenset({BROADCAST, SESSIONS, CONNECTED, DISCONNECTED, ERROR})
-RESERVED_PREFIXES = (SESSION, CLOSE, CONNECTION, REQUEST)
+EVENT = "ws.event."
+"""Lifecycle events of the wasmCloud 2.x bridge (``ws.event.connected``): reserved here too, so a
+component that serves both sees them only from the provider."""
+RESERVED_PREFIXES = (SESSION, CLOSE, CONNECTION, REQUEST, EVENT)
 
 
 def is_reserved(subject: str) -> bool:
@@ -122,6 +128,73 @@ def session_subject(session_id: str, frame_type: FrameType | None = None) -> str
     """A session's reply subject; with a frame type, the one that asks for that type."""
     base = SESSION + session_id
     return f"{base}.{frame_type.value}" if frame_type is not None else base
+
+
+class ReservedSubject(ProviderError, ValueError):
+    """A client sent a frame on a subject the provider reserves."""
+
+
+class Naming(Protocol):
+    """How a server names its sessions and the subjects of what it delivers.
+
+    Server mode uses :class:`ServerNaming` (``ws.session.<id>``, ``ws.connected``, client
+    subjects as they are, reserved ones refused); the v2 bridge
+    (:mod:`provider.bridge.subjects`) puts everything under its ``PREFIX`` and client
+    subjects under ``PREFIX.in.``. Both draw ids from :class:`Ids`.
+    """
+
+    @property
+    def tag(self) -> str:
+        """The instance tag every session id starts with."""
+        ...
+
+    @property
+    def connected(self) -> str:
+        """The subject of the lifecycle event delivered when a session opens."""
+        ...
+
+    @property
+    def disconnected(self) -> str:
+        """The subject of the lifecycle event delivered when a session closes."""
+        ...
+
+    def new_session_id(self) -> str:
+        """A fresh, unguessable session id that names this instance."""
+        ...
+
+    def session_subject(self, session_id: str, frame_type: FrameType | None = None) -> str:
+        """The reply subject of a session's frames (asking for ``frame_type``, if given)."""
+        ...
+
+    def delivered_subject(self, client_subject: str) -> str:
+        """The subject a client's frame is delivered on. Raises ``ValueError`` saying why it is refused
+        (:class:`ReservedSubject` for a subject the provider keeps for itself)."""
+        ...
+
+
+@dataclass(frozen=True)
+class ServerNaming:
+    """Server mode's names: ``ws.session.<id>``, ``ws.connected`` / ``ws.disconnected``, subjects as
+    sent, except the reserved ones (:func:`is_reserved`)."""
+
+    ids: Ids
+    connected: str = CONNECTED
+    disconnected: str = DISCONNECTED
+
+    @property
+    def tag(self) -> str:
+        return self.ids.tag
+
+    def new_session_id(self) -> str:
+        return self.ids.session()
+
+    def session_subject(self, session_id: str, frame_type: FrameType | None = None) -> str:
+        return session_subject(session_id, frame_type)
+
+    def delivered_subject(self, client_subject: str) -> str:
+        if is_reserved(client_subject):
+            raise ReservedSubject(f"subject {client_subject!r} is reserved for the provider (ws.*)")
+        return client_subject
 
 
 def connection_subject(connection_id: str, reply_to: str | None = None) -> str:

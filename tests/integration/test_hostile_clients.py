@@ -263,6 +263,7 @@ async def test_clients_cannot_send_on_reserved_subjects(make_lattice: MakeLattic
             "ws.close.x",
             "ws.conn.x",
             "ws.req.x",
+            "ws.event.connected",
         ]
         for subject in reserved:
             await ws.send(json.dumps({"subject": subject, "body": "{}"}))
