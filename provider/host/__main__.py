@@ -35,6 +35,7 @@ from provider.host.local import LocalHost, prepare, resolve_images
 from provider.host.nats_server import NatsServer
 from provider.host.wadm import Application, ManifestError, load
 from provider.host.wasm import WasmEngine
+from provider.host.wasm_bytes import MALLOC_KEEP, reuse_freed_memory
 
 log = logging.getLogger("provider.host")
 
@@ -210,6 +211,8 @@ def main(argv: list[str] | None = None) -> None:
         else:
             app = _load(args.manifest)
             base = args.manifest.resolve().parent
+            if reuse_freed_memory():  # large list<u8> values: reuse pages instead of mapping fresh ones
+                log.debug("malloc keeps up to %d MiB of freed memory for reuse", MALLOC_KEEP >> 20)
             resolve_images(app, base)  # every image checked before anything starts
             asyncio.run(run(app, base, _cache_dir(args.cache_dir, base), args))
     except ManifestError as exc:
