@@ -56,11 +56,14 @@ class LocalLattice:
         echo_logs: bool = False,
         cwd: Path | None = None,
         own_process_group: bool = False,
+        provider_env: Mapping[str, str] | None = None,
     ) -> None:
         self.nats_url = nats_url
         self.provider = ProviderIdentity(provider_id)
         self.lattice = lattice
-        self.process = ProviderProcess(launcher, echo=echo_logs, cwd=cwd, own_process_group=own_process_group)
+        self.process = ProviderProcess(
+            launcher, echo=echo_logs, cwd=cwd, own_process_group=own_process_group, env=provider_env
+        )
         self._start_args = {
             "links": links,
             "link_secrets": link_secrets,

@@ -16,6 +16,7 @@ import re
 import shlex
 import sys
 from collections import deque
+from collections.abc import Mapping
 from pathlib import Path
 
 from provider.wasmcloud.hostdata import HostData
@@ -54,7 +55,8 @@ class ProviderProcess:
     ``echo`` copies the provider's log lines to this process's stderr (the host's output).
     ``cwd`` is its working directory (default: this process's). ``own_process_group``
     starts it in a process group of its own, so a terminal's Ctrl-C reaches only the host,
-    which then shuts it down in order (the local host's ``run`` does that).
+    which then shuts it down in order (the local host's ``run`` does that). ``env`` adds
+    variables to what a host passes (``make bench`` uses it for A/B runs of one setting).
     """
 
     def __init__(
@@ -65,8 +67,10 @@ class ProviderProcess:
         keep_lines: int = 10_000,
         cwd: Path | None = None,
         own_process_group: bool = False,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.executable = executable
+        self.env = dict(env or {})
         self.echo = echo
         self.cwd = cwd
         self.own_process_group = own_process_group
@@ -93,7 +97,7 @@ class ProviderProcess:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
-            env=host_environment(),
+            env={**host_environment(), **self.env},
             cwd=self.cwd,
             process_group=0 if self.own_process_group else None,
         )
