@@ -12,8 +12,11 @@ library's own allocation (``wasmtime_component_vallist_new_uninit``) filled from
 value with the bytes written in by strided slice assignment, and lifting is the strided
 read of the value bytes after checking that every kind byte says ``U8``, followed by the
 library's own ``wasmtime_component_vallist_delete`` (its ``convert_from_c`` frees the list
-it lifted, and so does this). The offsets and kind codes
-are read from wasmtime-py's ctypes declarations at import, never written down here.
+it lifted, and so does this). The offsets and kind codes are read from wasmtime-py's
+ctypes declarations at import, never written down here.
+
+Allocation. A 1 MiB list is a 32 MiB value array; :func:`reuse_freed_memory` (which the
+local host's ``run`` calls) keeps glibc from mapping fresh pages for every such block.
 
 Scope. :func:`install` replaces the two ``ListType`` methods with ones that take this path
 when the element type is ``u8`` and call the library's own methods (:data:`LIBRARY_LOWER`,
