@@ -89,8 +89,9 @@ $(FUZZ_STAMP): pyproject.toml
 bench-par: par
 	$(BIN)/python -m bench.par --archive $(PAR)
 
-## bench: the provider against a bare websockets server (throughput, latency, memory, broadcast),
-## table on stdout, chart and raw numbers in bench/results/<time>/
+## bench: the provider against a bare websockets server (throughput, latency, CPU per echo, memory,
+## broadcast): tables on stdout, raw numbers and chart in bench/results/<time>/, and the same
+## published to docs/bench-results.json, docs/bench.png and the README's results (bench/report.py)
 BENCH_STAMP := $(VENV)/.bench-installed
 bench: setup $(BENCH_STAMP)
 	$(BIN)/python -m bench.ws

@@ -4,6 +4,12 @@
 prints one JSON object. Every run is bounded in time and in message count. Replies come
 back in order per connection (the echo servers keep per-session order), so each reply is
 matched to its send time through a FIFO, which gives the latency of every message.
+
+``--cpu NAME=PID`` (repeatable) also reports the CPU time process ``PID`` spent over the
+measured window, divided by the echoes in it (``cpu_us_per_echo[NAME]``): the sum of every
+thread's time on CPU from ``/proc/PID/task/*/schedstat``, read at the window's start and end
+by this process, so connecting and the warm-up are not counted. (A thread that exits inside
+the window takes its time with it; the processes measured here keep theirs.)
 """
 
 from __future__ import annotations
@@ -15,8 +21,24 @@ import statistics
 import sys
 import time
 from collections import deque
+from pathlib import Path
 
 from websockets.asyncio.client import ClientConnection, connect
+
+MAX_FRAME = 2 << 20
+"""Largest frame the load generator accepts (and ``bench.ws`` lets every server accept): a 1 MiB
+body in a JSON envelope is just over websockets' 1 MiB default."""
+
+
+def cpu_ns(pid: int) -> int:
+    """Nanoseconds process ``pid``'s live threads have spent on a CPU (``/proc/PID/task/*/schedstat``)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # a thread that exited between the listing and the read
+    return total
 
 
 def frame(body_size: int) -> str:
@@ -25,13 +47,22 @@ def frame(body_size: int) -> str:
 
 
 async def _connect(url: str) -> ClientConnection:
-    return await connect(url, compression=None, max_queue=None, open_timeout=30, ping_interval=None)
+    return await connect(
+        url, compression=None, max_queue=None, open_timeout=30, ping_interval=None, max_size=MAX_FRAME
+    )
 
 
 async def throughput(
-    url: str, connections: int, in_flight: int, body: int, seconds: float, limit: int
-) -> dict[str, float]:
-    """Messages per second and latency percentiles with ``in_flight`` messages outstanding per connection."""
+    url: str,
+    connections: int,
+    in_flight: int,
+    body: int,
+    seconds: float,
+    limit: int,
+    cpu: dict[str, int] | None = None,
+) -> dict[str, object]:
+    """Messages per second and latency percentiles with ``in_flight`` messages outstanding per
+    connection, and each of ``cpu``'s processes' CPU time per echo (name → pid)."""
     payload = frame(body)
     latencies: list[float] = []
     clients = [await _connect(url) for _ in range(connections)]
@@ -56,17 +87,24 @@ async def throughput(
 
     # warm-up: one round trip per connection, not measured
     await asyncio.gather(*(_round_trip(ws, payload) for ws in clients))
+    watched = cpu or {}
+    cpu_before = {name: cpu_ns(pid) for name, pid in watched.items()}
     started = time.perf_counter()
     await asyncio.wait_for(asyncio.gather(*(run(ws, started + seconds) for ws in clients)), seconds + 60)
     elapsed = time.perf_counter() - started
+    cpu_after = {name: cpu_ns(pid) for name, pid in watched.items()}
     for ws in clients:
         await ws.close()
-    quantiles = statistics.quantiles(latencies, n=100)
+    # statistics.quantiles needs two points; a slow configuration may echo only one 1 MiB frame.
+    quantiles = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else []
     return {
         "messages": len(latencies),
         "rate": len(latencies) / elapsed,
-        "p50_ms": quantiles[49] * 1000,
-        "p99_ms": quantiles[98] * 1000,
+        "p50_ms": (quantiles[49] if quantiles else latencies[0]) * 1000,
+        "p99_ms": (quantiles[98] if quantiles else latencies[0]) * 1000,
+        "cpu_us_per_echo": {
+            name: (cpu_after[name] - cpu_before[name]) / 1000 / len(latencies) for name in watched
+        },
     }
 
 
@@ -88,7 +126,7 @@ async def idle(url: str, connections: int) -> None:
         await ws.close()
 
 
-async def broadcast(url: str, connections: int, rounds: int) -> dict[str, float]:
+async def broadcast(url: str, connections: int, rounds: int) -> dict[str, object]:
     """Time from one client's trigger frame to its arrival at all ``connections`` sessions."""
     clients = [await _connect(url) for _ in range(connections)]
     trigger = json.dumps({"subject": "bench.broadcast", "body": "go"})
@@ -113,10 +151,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--limit", type=int, default=200_000, help="at most this many messages in all")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--cpu", action="append", default=[], metavar="NAME=PID", help="report PID's CPU µs per echo"
+    )
     args = parser.parse_args()
+    result: dict[str, object]
     if args.mode == "throughput":
+        cpu = {name: int(pid) for name, pid in (item.split("=", 1) for item in args.cpu)}
         result = asyncio.run(
-            throughput(args.url, args.connections, args.in_flight, args.body, args.seconds, args.limit)
+            throughput(args.url, args.connections, args.in_flight, args.body, args.seconds, args.limit, cpu)
         )
     elif args.mode == "broadcast":
         result = asyncio.run(broadcast(args.url, args.connections, args.rounds))

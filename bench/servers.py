@@ -17,6 +17,7 @@ import sys
 
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 
+from bench.load import MAX_FRAME
 from provider.host.native import NativeComponent, echo
 from provider.wrpc.connection import connect as connect_nats
 from provider.wrpc.messaging import BrokerMessage, UnitResult
@@ -44,8 +45,9 @@ async def bare(port: int) -> None:
         finally:
             connections.discard(ws)
 
-    # websockets' defaults (keepalive pings included), compression off as in the provider
-    async with serve(handler, "127.0.0.1", port, compression=None):
+    # websockets' defaults (keepalive pings included), compression off as in the provider, and
+    # frames up to MAX_FRAME as the provider's MAX_MESSAGE_BYTES is set in bench.ws
+    async with serve(handler, "127.0.0.1", port, compression=None, max_size=MAX_FRAME):
         print("ready", flush=True)
         await _until_stdin_closes()
 

@@ -31,7 +31,7 @@ async def provider_wasm(nats: NatsServer, launcher: Path) -> AsyncIterator[objec
 
     ``nats`` and ``launcher`` are unused: the local host starts its own, as ``make run`` does.
     """
-    from bench.ws import Target
+    from bench.ws import PROVIDER_LINK, Target
 
     port = free_port()
     with tempfile.TemporaryDirectory() as directory:
@@ -40,7 +40,7 @@ async def provider_wasm(nats: NatsServer, launcher: Path) -> AsyncIterator[objec
             linked_component_manifest(
                 "echo",
                 ROOT / "build" / "components" / "echo.wasm",  # built from components/echo on demand
-                handler={"MODE": "server", "URI": f"127.0.0.1:{port}"},
+                handler={"MODE": "server", "URI": f"127.0.0.1:{port}", **PROVIDER_LINK},
                 consumer={"MODE": "server"},
                 instances=INSTANCES,
                 name="bench-echo",
@@ -67,7 +67,9 @@ async def provider_wasm(nats: NatsServer, launcher: Path) -> AsyncIterator[objec
                     raise RuntimeError("the local host did not start")
             drain = asyncio.create_task(host.stdout.read())  # a full pipe would stall the host
             url = f"ws://127.0.0.1:{port}/ws"
-            yield Target("provider + echo.wasm (local host)", url, provider_pid, broadcasts=False)
+            # the local host's process runs the wasm instances (its NATS server is another)
+            cpu = {"server": provider_pid, "component": host.pid}
+            yield Target("provider + echo.wasm (local host)", url, provider_pid, cpu, broadcasts=False)
         finally:
             if host.returncode is None:
                 host.send_signal(signal.SIGINT)

@@ -7,10 +7,19 @@ Configurations (each measured with the same load generator, ``bench.load``, in i
    its component plain Python served over wRPC on NATS: this isolates the provider's cost;
 3. **provider + wasm** — the same, the component being ``echo.wasm`` in the local host.
 
-For each: messages/s and p50/p99 latency at 1 connection × 1 in flight and 50 × 8, with
-32 B and 4 KiB bodies; memory per 1,000 idle sessions; time to broadcast one message to
-1,000 sessions; every figure also as a ratio to the baseline. Writes ``results.json`` and
-``chart.png`` to ``bench/results/<timestamp>/`` and prints a Markdown table.
+For each: messages/s and p50/p99 latency at 1 connection × 1 in flight with 32 B, 4 KiB and
+1 MiB bodies and at 50 × 8 with 32 B and 4 KiB; the CPU time per echo of the server process
+(the bare server, or the provider) and of the component's process where it has one, over
+each of those rows; memory per 1,000 idle sessions; time to broadcast one message to 1,000
+sessions; every figure also as a ratio to the baseline. Writes ``results.json`` and
+``chart.png`` to ``bench/results/<timestamp>/`` and prints the tables; a full run also
+publishes them (``bench.report``): ``docs/bench-results.json``, ``docs/bench.png`` and the
+README's results section.
+
+``--variant NAME=SPEC`` measures configuration 2 again in the same run with one change:
+SPEC is comma-separated ``KEY=VALUE`` (provider config in HostData, as a host passes it),
+``link:KEY=VALUE`` (the handler link's config) or ``env:KEY=VALUE`` (the provider process's
+environment), e.g. ``--variant window8=link:DELIVERY_WINDOW=8``.
 """
 
 from __future__ import annotations
@@ -19,34 +28,39 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench import report
+from bench.load import MAX_FRAME
 from provider.host.lattice import LocalLattice, consumer_link, handler_link
 from provider.host.launcher import write_launcher
 from provider.host.machine import free_port, resident_bytes
 from provider.host.nats_server import NatsServer
 
 ROOT = Path(__file__).resolve().parent
-CASES = [(1, 1, 32), (1, 1, 4096), (50, 8, 32), (50, 8, 4096)]
+CASES = [(1, 1, 32), (1, 1, 4096), (1, 1, 1 << 20), (50, 8, 32), (50, 8, 4096)]
 IDLE_SESSIONS = 1000
+PROVIDER_LINK = {"MAX_MESSAGE_BYTES": str(MAX_FRAME)}
+"""Handler link settings both provider configurations add: a 1 MiB body in a JSON frame is just
+over the provider's 1 MiB default ``MAX_MESSAGE_BYTES``."""
 
 
 @dataclass
 class Target:
-    """A running configuration: where to connect, and whose memory to watch."""
+    """A running configuration: where to connect, whose memory and CPU to watch."""
 
     name: str
     url: str
     server_pid: int
+    cpu: dict[str, int]
+    """Processes whose CPU time per echo is reported: ``server`` (always), ``component`` (if separate)."""
     broadcasts: bool = True
     """Whether its component answers the broadcast trigger (echo.wasm only echoes)."""
 
@@ -55,8 +69,39 @@ class Target:
 class Result:
     name: str
     throughput: dict[str, dict[str, float]] = field(default_factory=dict)
+    cpu_us_per_echo: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Per throughput row: CPU µs per echo of each watched process (``server``, ``component``)."""
     idle_bytes_per_session: float = 0.0
     broadcast_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Configuration 2 with one change, measured in the same run (``--variant NAME=SPEC``)."""
+
+    name: str
+    spec: str
+    config: dict[str, str] = field(default_factory=dict)
+    link: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str) -> Variant:
+        name, sep, spec = text.partition("=")
+        if not sep or not name or not spec:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=KEY=VALUE[,KEY=VALUE…]")
+        variant = cls(name, spec)
+        for item in spec.split(","):
+            scope, colon, setting = item.partition(":")
+            if not colon or "=" in scope:  # no scope: a value may hold a colon (URI=host:port)
+                scope, setting = "", item
+            key, sep, value = setting.partition("=")
+            if not sep or not key or scope not in ("", "link", "env"):
+                raise argparse.ArgumentTypeError(
+                    f"{item!r}: expected KEY=VALUE, link:KEY=VALUE or env:KEY=VALUE"
+                )
+            {"": variant.config, "link": variant.link, "env": variant.env}[scope][key] = value
+        return variant
 
 
 def _start(args: list[str]) -> subprocess.Popen[str]:
@@ -89,30 +134,46 @@ async def baseline() -> AsyncIterator[Target]:
     port = free_port()
     proc = _start(["bench.servers", "bare", str(port)])
     try:
-        yield Target("baseline (bare websockets)", f"ws://127.0.0.1:{port}/", proc.pid)
+        yield Target(report.BASELINE, f"ws://127.0.0.1:{port}/", proc.pid, {"server": proc.pid})
     finally:
         _stop(proc)
 
 
-async def _provider(nats: NatsServer, launcher: Path, component_id: str) -> tuple[LocalLattice, int]:
-    lattice = LocalLattice(nats.url, launcher)
+async def _provider(
+    nats: NatsServer, launcher: Path, component_id: str, variant: Variant | None
+) -> tuple[LocalLattice, int]:
+    lattice = LocalLattice(
+        nats.url,
+        launcher,
+        config=variant.config if variant else None,
+        environment=variant.env if variant else None,
+    )
     await lattice.start()
     port = free_port()
-    handler = handler_link(lattice.provider_id, component_id, MODE="server", URI=f"127.0.0.1:{port}")
-    await lattice.put_link(handler)
+    settings = {**PROVIDER_LINK, **(variant.link if variant else {})}
+    handler = handler_link(
+        lattice.provider_id, component_id, MODE="server", URI=f"127.0.0.1:{port}", **settings
+    )
+    applied = await lattice.put_link(handler)
+    if applied is None or "rejected" in applied:
+        raise RuntimeError(f"the provider did not take the bench's handler link: {applied}")
     await lattice.put_link(consumer_link(component_id, lattice.provider_id, MODE="server"))
     return lattice, port
 
 
 @contextlib.asynccontextmanager
-async def provider_native(nats: NatsServer, launcher: Path) -> AsyncIterator[Target]:
+async def provider_native(
+    nats: NatsServer, launcher: Path, variant: Variant | None = None
+) -> AsyncIterator[Target]:
     from bench.servers import COMPONENT_ID
 
-    lattice, port = await _provider(nats, launcher, COMPONENT_ID)
+    lattice, port = await _provider(nats, launcher, COMPONENT_ID, variant)
     component = None
     try:
         component = _start(["bench.servers", "component", nats.url, lattice.provider_id])
-        yield Target("provider + native component", f"ws://127.0.0.1:{port}/ws", lattice.process.pid)
+        name = report.NATIVE + (f" [{variant.name}]" if variant else "")
+        cpu = {"server": lattice.process.pid, "component": component.pid}
+        yield Target(name, f"ws://127.0.0.1:{port}/ws", lattice.process.pid, cpu)
     finally:
         if component is not None:
             _stop(component)
@@ -120,6 +181,7 @@ async def provider_native(nats: NatsServer, launcher: Path) -> AsyncIterator[Tar
 
 
 async def _load(*args: str) -> dict[str, Any]:
+    """Run the load generator (its own process) and return what it printed."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench.load", *args, stdout=asyncio.subprocess.PIPE, cwd=ROOT.parent
     )
@@ -154,11 +216,15 @@ async def measure(target: Target, seconds: float, quick: bool = False) -> Result
         if quick and body != 32:
             continue
         key = f"{connections}x{in_flight} {body}B"
-        result.throughput[key] = await _load(
+        watch = [arg for name, pid in target.cpu.items() for arg in ("--cpu", f"{name}={pid}")]
+        row = await _load(
             "throughput", target.url, "--connections", str(connections), "--in-flight", str(in_flight),
-            "--body", str(body), "--seconds", str(seconds),
+            "--body", str(body), "--seconds", str(seconds), *watch,
         )  # fmt: skip
-        print(f"  {target.name}: {key}: {result.throughput[key]['rate']:,.0f} msg/s", file=sys.stderr)
+        result.cpu_us_per_echo[key] = row.pop("cpu_us_per_echo")
+        result.throughput[key] = row
+        cpu = ", ".join(f"{name} {us:,.0f}" for name, us in result.cpu_us_per_echo[key].items())
+        print(f"  {target.name}: {key}: {row['rate']:,.1f} msg/s, CPU µs/echo: {cpu}", file=sys.stderr)
     if quick:
         return result
     result.idle_bytes_per_session = await _idle_memory(target)
@@ -168,85 +234,16 @@ async def measure(target: Target, seconds: float, quick: bool = False) -> Result
     return result
 
 
-def table(results: list[Result]) -> str:
-    base = results[0]
-    header = (
-        "| configuration | "
-        + " | ".join(f"{k} msg/s (×) | {k} p50 / p99 ms" for k in base.throughput)
-        + " | memory / idle session (×) | broadcast to 1,000 (×) |"
-    )
-    lines = [header, "|" + "---|" * (1 + 2 * len(base.throughput) + 2)]
-    for r in results:
-        cells = [r.name]
-        for key, row in r.throughput.items():
-            ratio = row["rate"] / base.throughput[key]["rate"]
-            cells.append(f"{row['rate']:,.0f} ({ratio:.2f})")
-            cells.append(f"{row['p50_ms']:.2f} / {row['p99_ms']:.2f}")
-        memory = r.idle_bytes_per_session
-        cells.append(f"{memory / 1024:.1f} KiB ({memory / base.idle_bytes_per_session:.2f})")
-        if r.broadcast_ms:
-            cells.append(f"{r.broadcast_ms:.1f} ms ({r.broadcast_ms / base.broadcast_ms:.2f})")
-        else:
-            cells.append("— (echo.wasm does not broadcast)")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def targets_check(results: list[Result]) -> list[str]:
-    """The issue's targets, each as a line saying met or missed."""
-    base, native = results[0], results[1]
-    key = "50x8 32B"
-    ratio = native.throughput[key]["rate"] / base.throughput[key]["rate"]
-    added = native.throughput["1x1 32B"]["p50_ms"] - base.throughput["1x1 32B"]["p50_ms"]
-    memory = native.idle_bytes_per_session / base.idle_bytes_per_session
-    broadcast = native.broadcast_ms / base.broadcast_ms
-    checks = [
-        (ratio >= 0.20, f"echo throughput 50x8 32 B = {ratio:.2f} x baseline (target >= 0.20)"),
-        (added <= 1.0, f"added p50 latency, 1 connection = {added:.2f} ms (target <= 1 ms)"),
-        (memory <= 1.3, f"memory per idle session = {memory:.2f} x baseline (target <= 1.3)"),
-        (broadcast <= 1.5, f"broadcast to 1,000 sessions = {broadcast:.2f} x baseline (target <= 1.5)"),
-    ]
-    return [f"{'met' if ok else 'MISSED'}: {text}" for ok, text in checks]
-
-
-def chart(results: list[Result], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    keys = list(results[0].throughput)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-    width = 0.8 / len(results)
-    for i, r in enumerate(results):
-        xs = [k + i * width for k in range(len(keys))]
-        axes[0].bar(xs, [r.throughput[k]["rate"] for k in keys], width, label=r.name)
-        axes[1].bar(xs, [r.throughput[k]["p50_ms"] for k in keys], width, label=r.name)
-    for ax, title in ((axes[0], "echo messages/s"), (axes[1], "p50 latency (ms)")):
-        ax.set_xticks([k + 0.4 - width / 2 for k in range(len(keys))], keys)
-        ax.set_title(title)
-    axes[0].set_yscale("log")
-    axes[1].set_yscale("log")
-    names = [r.name.split(" (")[0].replace(" component", "").replace(" + ", " +\n") for r in results]
-    axes[2].bar(range(len(results)), [r.idle_bytes_per_session / 1024 for r in results], color="tab:gray")
-    axes[2].set_xticks(range(len(results)), names, fontsize=8)
-    axes[2].set_title("KiB per idle session")
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"provider vs bare websockets · {platform.node()} · {time.strftime('%Y-%m-%d')}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-
-
-Config = Callable[..., contextlib.AbstractAsyncContextManager[Target]]
-
-
-async def run(seconds: float, with_wasm: bool, quick: bool = False) -> list[Result]:
+async def run(
+    seconds: float, with_wasm: bool, quick: bool = False, variants: Sequence[Variant] = ()
+) -> list[Result]:
     results = []
     with NatsServer() as nats, tempfile.TemporaryDirectory() as directory:
         launcher = write_launcher(Path(directory) / "launcher")
         configs: list[contextlib.AbstractAsyncContextManager[Target]] = [
             baseline(),
             provider_native(nats, launcher),
+            *(provider_native(nats, launcher, variant) for variant in variants),
         ]
         if with_wasm:
             from bench.wasm import provider_wasm
@@ -266,35 +263,57 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="32 B throughput rows only, no files (for A/B runs)"
     )
+    parser.add_argument(
+        "--variant",
+        type=Variant.parse,
+        action="append",
+        default=[],
+        metavar="NAME=SPEC",
+        help="also measure configuration 2 with SPEC (comma-separated): KEY=VALUE for provider "
+        "config, link:KEY=VALUE, env:KEY=VALUE",
+    )
+    parser.add_argument(
+        "--no-publish", action="store_true", help="leave docs/ and the README alone (results/ only)"
+    )
     args = parser.parse_args()
+    if len({v.name for v in args.variant}) != len(args.variant):
+        parser.error("variant names must differ")
     started = time.time()
-    results = asyncio.run(run(args.seconds, not args.no_wasm, args.quick))
+    results = asyncio.run(run(args.seconds, not args.no_wasm, args.quick, args.variant))
     if args.quick:
         for r in results:
             rows = ", ".join(
-                f"{k}: {v['rate']:,.0f}/s p50 {v['p50_ms']:.2f} ms" for k, v in r.throughput.items()
+                f"{k}: {v['rate']:,.0f}/s p50 {v['p50_ms']:.2f} ms, CPU µs/echo "
+                + " + ".join(f"{c:,.0f}" for c in r.cpu_us_per_echo[k].values())
+                for k, v in r.throughput.items()
             )
             print(f"{r.name}: {rows}")
         return
     out = ROOT / "results" / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
-    machine = f"{platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    (out / "results.json").write_text(
-        json.dumps(
-            {
-                "date": time.strftime("%Y-%m-%d %H:%M"),
-                "machine": machine,
-                "results": [asdict(r) for r in results],
-            },
-            indent=2,
-        )
-    )
-    chart(results, out / "chart.png")
-    print(f"\n{time.strftime('%Y-%m-%d')} · {machine} · {time.time() - started:.0f} s\n")
-    print(table(results))
+    doc = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": report.machine(),
+        "seconds": args.seconds,
+        "elapsed_s": round(time.time() - started),
+        "variants": {v.name: v.spec for v in args.variant},
+        "results": [asdict(r) for r in results],
+    }
+    doc["targets"] = report.targets_check(doc)
+    (out / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
+    report.chart(doc, out / "chart.png")
+    print(f"\n{doc['date']} · {doc['machine']} · {doc['elapsed_s']} s\n")
+    print(report.table(doc))
     print()
-    print("\n".join(targets_check(results)))
+    print(report.cpu_table(doc))
+    print()
+    print("\n".join(doc["targets"]))
     print(f"\nraw numbers and chart: {out}")
+    if args.no_publish or args.no_wasm:
+        print("not published (--no-publish or --no-wasm): docs/ and README.md unchanged")
+        return
+    report.publish(out / "results.json")
+    print("published: docs/bench-results.json, docs/bench.png, README.md (benchmark results)")
 
 
 if __name__ == "__main__":

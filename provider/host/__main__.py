@@ -58,6 +58,7 @@ from provider.host.wadm import (
 )
 from provider.host.wash import Probe, WashDev, WashError, wash_unusable
 from provider.host.wasm import WasmEngine
+from provider.host.wasm_bytes import MALLOC_KEEP, reuse_freed_memory
 
 log = logging.getLogger("provider.host")
 
@@ -427,6 +428,8 @@ def main(argv: list[str] | None = None) -> None:
             return
         for warning in app.warnings:
             log.warning("%s", warning)
+        if reuse_freed_memory():  # large list<u8> values: reuse pages instead of mapping fresh ones
+            log.debug("malloc keeps up to %d MiB of freed memory for reuse", MALLOC_KEEP >> 20)
         resolve_images(app, base)  # every image checked before anything starts
         asyncio.run(run(app, base, _cache_dir(args.cache_dir, base), args, secrets))
     except ConfigError as exc:  # the manifest, a config or secrets file, a --secret argument

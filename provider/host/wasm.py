@@ -23,6 +23,10 @@ stream, as from a wasmCloud host.
 Fuel. Each call gets :data:`FUEL_PER_CALL` units of wasm work (time spent in host calls
 does not count), so a component stuck in a loop traps instead of holding a worker forever.
 
+Bytes. wasmtime-py converts a ``list<u8>`` one value per byte (~1.4 µs a byte);
+importing this module installs :mod:`provider.host.wasm_bytes`, which converts them in bulk
+(and refuses to load on a wasmtime it was not checked against).
+
 Compiling a componentize-py component takes seconds; compiled components are cached on
 disk by wasmtime version, engine settings and a hash of the wasm (``Component.serialize``
 / ``deserialize_file``; the cache directory must be writable only by its owner, since
@@ -50,6 +54,7 @@ import wasmtime
 from wasmtime import component as wc
 
 from provider.errors import ProviderError
+from provider.host import wasm_bytes
 from provider.host.build import file_lock
 from provider.host.native import NativeComponent
 from provider.wrpc.codec import Err, Ok
@@ -57,6 +62,8 @@ from provider.wrpc.messaging import CONSUMER, HANDLER, BrokerMessage, UnitResult
 from provider.wrpc.nats import WrpcTransport
 
 log = logging.getLogger("provider.host.wasm")
+
+wasm_bytes.install()  # every list<u8> this process hands to or takes from wasm goes in bulk
 
 T = TypeVar("T")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import re
 import secrets
 import signal
@@ -119,6 +120,26 @@ async def test_several_provider_instances_share_one_port_and_the_sessions(
         assert all(count > 0 for count in sessions), (
             f"the kernel sent every client to one instance: {sessions}"
         )
+
+
+async def test_echo_component_round_trips_a_1_mib_body(
+    wasm: Mapping[str, Path], nats_server: NatsServer, launcher: Path
+) -> None:
+    """1 MiB of random bytes through echo.wasm and back, exact, twice (list<u8> crosses in bulk).
+
+    ``FORMAT=raw``: the frame is the body, and 1 MiB is within the default ``MAX_MESSAGE_BYTES``
+    (and websockets' own default ``max_size`` on the client).
+    """
+    port = free_port()
+    handler = server_mode(port, FORMAT="raw")
+    text = manifest("echo", wasm["echo"], handler=handler, consumer={"MODE": "server"})
+    async with running(text, nats_server, launcher) as host:
+        async with connect(f"ws://127.0.0.1:{port}/ws", compression=None, open_timeout=WAIT) as ws:
+            for seed in (1, 2):
+                body = random.Random(seed).randbytes(1 << 20)
+                await ws.send(body)
+                assert await asyncio.wait_for(ws.recv(), WAIT) == body
+        assert (host.component("echo").stats.calls, host.component("echo").stats.traps) == (2, 0)
 
 
 async def test_chat_demo_three_clients(nats_server: NatsServer, launcher: Path) -> None:
