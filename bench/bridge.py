@@ -162,7 +162,7 @@ async def service(nats_url: str) -> None:
     nc = await nats.connect(nats_url)
 
     async def on_message(msg: Any) -> None:
-        if msg.subject == "ws.in.broadcast":
+        if msg.subject in ("ws.in.broadcast", "ws.in.bench.broadcast"):  # the triggers of both benches
             await nc.publish("ws.broadcast", msg.data)
         elif msg.reply:
             await nc.publish(msg.reply, msg.data)

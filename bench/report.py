@@ -30,6 +30,8 @@ BASELINE, NATIVE, WASM = (
     "provider + native component",
     "provider + echo.wasm (local host)",
 )
+TWO_INSTANCES = "provider × 2 instances + native component (≈ half the replies forwarded)"
+BRIDGE = "v2 bridge + nats-py echo service"
 CPU_CASE = "50x8 32B"
 """The case whose CPU per echo the main table shows (every case is in the CPU table)."""
 

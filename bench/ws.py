@@ -180,6 +180,38 @@ async def provider_native(
         await lattice.stop()
 
 
+@contextlib.asynccontextmanager
+async def provider_two_instances(nats: NatsServer, launcher: Path) -> AsyncIterator[Target]:
+    """Two instances of the provider (one provider id, as on two hosts) with the same links, the
+    clients on the first: a component's publish reaches either instance (queue group), so about
+    half of the replies are forwarded to the instance holding the session (design §7)."""
+    from bench.servers import COMPONENT_ID
+
+    first, port = await _provider(nats, launcher, COMPONENT_ID, None)
+    second, _ = await _provider(nats, launcher, COMPONENT_ID, None)
+    component = None
+    try:
+        component = _start(["bench.servers", "component", nats.url, first.provider_id])
+        cpu = {"server": first.process.pid, "component": component.pid}
+        yield Target(report.TWO_INSTANCES, f"ws://127.0.0.1:{port}/ws", first.process.pid, cpu)
+        forwarded = (await second.instance_health())["message"]
+        print(f"  the second instance: {forwarded.split('; ')[1]}", file=sys.stderr)
+    finally:
+        if component is not None:
+            _stop(component)
+        await second.stop()
+        await first.stop()
+
+
+@contextlib.asynccontextmanager
+async def bridge_service(nats: NatsServer) -> AsyncIterator[Target]:
+    """The wasmCloud 2.x bridge with a plain nats-py echo service (bench.bridge): the bridge's cost."""
+    from bench import bridge
+
+    async with bridge.bridge_with_service(nats) as target:
+        yield Target(report.BRIDGE, target.url, target.server_pid, {"server": target.server_pid})
+
+
 async def _load(*args: str) -> dict[str, Any]:
     """Run the load generator (its own process) and return what it printed."""
     proc = await asyncio.create_subprocess_exec(
@@ -244,6 +276,8 @@ async def run(
             baseline(),
             provider_native(nats, launcher),
             *(provider_native(nats, launcher, variant) for variant in variants),
+            provider_two_instances(nats, launcher),
+            bridge_service(nats),
         ]
         if with_wasm:
             from bench.wasm import provider_wasm
