@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import json
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -36,6 +35,7 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 
+from bench import processes
 from provider.host.build import ComponentBuilder, ComponentSource
 from provider.host.machine import free_port
 from provider.host.nats_server import NatsServer
@@ -174,27 +174,6 @@ async def service(nats_url: str) -> None:
     await nc.close()
 
 
-def _start(*args: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT
-    )
-    assert proc.stdout is not None
-    if proc.stdout.readline().strip() != "ready":
-        proc.kill()
-        raise RuntimeError(f"{args} did not start")
-    return proc
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    if proc.stdin:
-        proc.stdin.close()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 # -- the configurations ------------------------------------------------------------------------------------
 
 
@@ -202,11 +181,11 @@ def _stop(proc: subprocess.Popen[str]) -> None:
 async def baseline() -> AsyncIterator[Target]:
     """The bare websockets echo server of ``bench.servers``."""
     port = free_port()
-    proc = _start("bench.servers", "bare", str(port))
+    proc = processes.start("bench.servers", "bare", str(port))
     try:
         yield Target("baseline (bare websockets)", f"ws://127.0.0.1:{port}/", proc.pid, "bench.broadcast")
     finally:
-        _stop(proc)
+        processes.stop(proc)
 
 
 @contextlib.asynccontextmanager
@@ -222,12 +201,12 @@ async def _bridge(nats: NatsServer) -> AsyncIterator[BridgeProcess]:
 @contextlib.asynccontextmanager
 async def bridge_with_service(nats: NatsServer) -> AsyncIterator[Target]:
     """The bridge and a plain nats-py echo service on ``nats``."""
-    echo = _start("bench.bridge", "service", nats.url)
+    echo = processes.start("bench.bridge", "service", nats.url)
     try:
         async with _bridge(nats) as bridge:
             yield Target("bridge + NATS echo service", bridge.url, bridge.pid)
     finally:
-        _stop(echo)
+        processes.stop(echo)
 
 
 @contextlib.asynccontextmanager

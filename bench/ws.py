@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import report
+from bench import processes, report
 from bench.load import MAX_FRAME
 from provider.host.lattice import LocalLattice, consumer_link, handler_link
 from provider.host.launcher import write_launcher
@@ -104,39 +103,14 @@ class Variant:
         return variant
 
 
-def _start(args: list[str]) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", *args],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT.parent,
-    )
-    assert proc.stdout is not None
-    if proc.stdout.readline().strip() != "ready":
-        proc.kill()
-        raise RuntimeError(f"{args} did not start")
-    return proc
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    if proc.stdin:
-        proc.stdin.close()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 @contextlib.asynccontextmanager
 async def baseline() -> AsyncIterator[Target]:
     port = free_port()
-    proc = _start(["bench.servers", "bare", str(port)])
+    proc = processes.start("bench.servers", "bare", str(port))
     try:
         yield Target(report.BASELINE, f"ws://127.0.0.1:{port}/", proc.pid, {"server": proc.pid})
     finally:
-        _stop(proc)
+        processes.stop(proc)
 
 
 async def _provider(
@@ -170,13 +144,13 @@ async def provider_native(
     lattice, port = await _provider(nats, launcher, COMPONENT_ID, variant)
     component = None
     try:
-        component = _start(["bench.servers", "component", nats.url, lattice.provider_id])
+        component = processes.start("bench.servers", "component", nats.url, lattice.provider_id)
         name = report.NATIVE + (f" [{variant.name}]" if variant else "")
         cpu = {"server": lattice.process.pid, "component": component.pid}
         yield Target(name, f"ws://127.0.0.1:{port}/ws", lattice.process.pid, cpu)
     finally:
         if component is not None:
-            _stop(component)
+            processes.stop(component)
         await lattice.stop()
 
 
@@ -191,14 +165,14 @@ async def provider_two_instances(nats: NatsServer, launcher: Path) -> AsyncItera
     second, _ = await _provider(nats, launcher, COMPONENT_ID, None)
     component = None
     try:
-        component = _start(["bench.servers", "component", nats.url, first.provider_id])
+        component = processes.start("bench.servers", "component", nats.url, first.provider_id)
         cpu = {"server": first.process.pid, "component": component.pid}
         yield Target(report.TWO_INSTANCES, f"ws://127.0.0.1:{port}/ws", first.process.pid, cpu)
         forwarded = (await second.instance_health())["message"]
         print(f"  the second instance: {forwarded.split('; ')[1]}", file=sys.stderr)
     finally:
         if component is not None:
-            _stop(component)
+            processes.stop(component)
         await second.stop()
         await first.stop()
 

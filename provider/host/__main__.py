@@ -32,7 +32,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -231,6 +231,26 @@ def build(names: list[str], root: Path, cache_dir: Path | None) -> None:
         print(out)
 
 
+def _stop_on_signals(
+    loop: asyncio.AbstractEventLoop, stop: asyncio.Event, children: Callable[[], Iterable[int]]
+) -> None:
+    """Ctrl-C, SIGTERM or SIGHUP set ``stop`` (an orderly stop); a second one kills ``children()``
+    at once and exits 130, waiting for nobody."""
+
+    def on_signal() -> None:
+        if not stop.is_set():
+            print("\nstopping…", file=sys.stderr, flush=True)
+            stop.set()
+            return
+        for pid in children():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        os._exit(130)
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(signum, on_signal)
+
+
 async def run(
     app: Application, base: Path, cache: Path, args: argparse.Namespace, secrets: LocalSecrets
 ) -> None:
@@ -240,19 +260,7 @@ async def run(
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
-    def on_signal() -> None:
-        if not stop.is_set():
-            print("\nstopping…", file=sys.stderr, flush=True)
-            stop.set()
-            return
-        # A second Ctrl-C: do not wait for anyone; take the children down with us.
-        for pid in _children(host, nats):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        os._exit(130)
-
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        loop.add_signal_handler(signum, on_signal)
+    _stop_on_signals(loop, stop, lambda: _children(host, nats))
     try:
         if not await _until_stopped(prepare(app, base, cache), stop):  # builds, before starting anything
             return
@@ -299,9 +307,10 @@ async def _until_stopped(step: Coroutine[Any, Any, object], stop: asyncio.Event)
 
 def _children(host: LocalHost | None, nats: NatsServer) -> list[int]:
     pids = []
-    if host is not None and host.lattice is not None and host.lattice.process.returncode is None:
-        with contextlib.suppress(AssertionError):
-            pids.append(host.lattice.process.pid)
+    for instance in host.instances if host is not None else []:  # every provider process
+        if instance.process.returncode is None:
+            with contextlib.suppress(AssertionError):
+                pids.append(instance.process.pid)
     if nats.pid is not None:
         pids.append(nats.pid)
     return pids
@@ -339,24 +348,19 @@ async def run_v2(args: argparse.Namespace) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
-    def on_signal() -> None:
-        if not stop.is_set():
-            print("\nstopping…", file=sys.stderr, flush=True)
-            stop.set()
-            return
-        # A second Ctrl-C: do not wait for anyone; take the children down with us.
-        for pid in (
-            bridge.pid if bridge and bridge.returncode is None else None,
-            wash and wash.pid,
-            nats.pid,
-        ):
-            if pid:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-        os._exit(130)
-
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        loop.add_signal_handler(signum, on_signal)
+    _stop_on_signals(
+        loop,
+        stop,
+        lambda: [
+            pid
+            for pid in (
+                bridge.pid if bridge and bridge.returncode is None else None,
+                wash and wash.pid,
+                nats.pid,
+            )
+            if pid
+        ],
+    )
     try:
         built: list[Path] = []
 
