@@ -20,13 +20,13 @@ V2_STAMP := $(VENV)/.v2-installed
 setup-v2: $(V2_STAMP)
 
 $(V2_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[host,dev,par,v2]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[host,dev,par,otel,v2]'
 	touch $@
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[host,dev,par]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[host,dev,par,otel]'
 	touch $@
 
 ## lint: ruff (lint + format check) and mypy (strict on provider/)
@@ -82,7 +82,7 @@ fuzz: setup $(FUZZ_STAMP)
 	$(BIN)/python -m fuzz.run --seconds $(FUZZ_SECONDS)
 
 $(FUZZ_STAMP): pyproject.toml
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[host,dev,par,fuzz]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[host,dev,par,otel,fuzz]'
 	touch $@
 
 ## bench-par: the archive's binary next to the venv launcher: start to healthy, idle RSS, shutdown

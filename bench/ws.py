@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import sys
 import tempfile
@@ -83,6 +84,8 @@ class Variant:
     config: dict[str, str] = field(default_factory=dict)
     link: dict[str, str] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
+    otel: bool = False
+    """``otel:on``: HostData's otel_config switches traces, metrics and logs on, exported to a sink."""
 
     @classmethod
     def parse(cls, text: str) -> Variant:
@@ -91,13 +94,16 @@ class Variant:
             raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=KEY=VALUE[,KEY=VALUE…]")
         variant = cls(name, spec)
         for item in spec.split(","):
+            if item == "otel:on":
+                variant = dataclasses.replace(variant, otel=True)
+                continue
             scope, colon, setting = item.partition(":")
             if not colon or "=" in scope:  # no scope: a value may hold a colon (URI=host:port)
                 scope, setting = "", item
             key, sep, value = setting.partition("=")
             if not sep or not key or scope not in ("", "link", "env"):
                 raise argparse.ArgumentTypeError(
-                    f"{item!r}: expected KEY=VALUE, link:KEY=VALUE or env:KEY=VALUE"
+                    f"{item!r}: expected KEY=VALUE, link:KEY=VALUE, env:KEY=VALUE or otel:on"
                 )
             {"": variant.config, "link": variant.link, "env": variant.env}[scope][key] = value
         return variant
@@ -113,14 +119,39 @@ async def baseline() -> AsyncIterator[Target]:
         processes.stop(proc)
 
 
+async def _sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """An OTLP/HTTP endpoint that takes everything and keeps nothing (for ``otel:on``)."""
+    try:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(
+                (
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length")
+                ),
+                0,
+            )
+            await reader.readexactly(length)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    except (asyncio.IncompleteReadError, ConnectionError):
+        writer.close()
+
+
 async def _provider(
     nats: NatsServer, launcher: Path, component_id: str, variant: Variant | None
 ) -> tuple[LocalLattice, int]:
+    otel = None
+    if variant is not None and variant.otel:
+        sink = await asyncio.start_server(_sink, "127.0.0.1", 0)
+        endpoint = f"http://127.0.0.1:{sink.sockets[0].getsockname()[1]}"
+        otel = {"enable_observability": True, "observability_endpoint": endpoint, "protocol": "Http"}
     lattice = LocalLattice(
         nats.url,
         launcher,
         config=variant.config if variant else None,
         environment=variant.env if variant else None,
+        otel_config=otel,
     )
     await lattice.start()
     port = free_port()

@@ -24,8 +24,9 @@ from typing import Any
 from provider.bridge.bridge import Bridge
 from provider.bridge.config import USAGE, BridgeSettings, HelpRequested, parse_command_line
 from provider.errors import ConfigError, ProviderError
-from provider.wasmcloud import logs
+from provider.wasmcloud import logs, telemetry
 from provider.wasmcloud.hostdata import HostData, decode_host_data
+from provider.wasmcloud.observability import parse_observability
 from provider.wasmcloud.runtime import ProviderRuntime
 from provider.websocket.provider import WebSocketProvider
 
@@ -70,12 +71,27 @@ def read_host_data(timeout: float = STDIN_TIMEOUT) -> HostData:
 
 async def serve(host_data: HostData) -> None:
     """Run the provider until shutdown; SIGTERM and SIGINT stop it the same way."""
-    runtime = ProviderRuntime(host_data, WebSocketProvider())
+    instruments = start_telemetry(host_data)
+    runtime = ProviderRuntime(host_data, WebSocketProvider(), instruments)
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_on_loop_error)
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, runtime.stop)
-    await runtime.run()
+    try:
+        await runtime.run()
+    finally:
+        instruments.shutdown()
+
+
+def start_telemetry(host_data: HostData) -> telemetry.Telemetry:
+    """What HostData's ``otel_config`` and the ``OTEL_*`` variables switch on (nothing by default);
+    a bad ``otel_config`` is logged and leaves telemetry off, the provider runs."""
+    try:
+        settings = parse_observability(host_data.otel_config, os.environ)
+    except ConfigError as exc:
+        log.error("%s; telemetry stays off", exc)
+        return telemetry.OFF
+    return telemetry.start(settings, host_data.provider_key, host_data.instance_id)
 
 
 def _read_text(path: str) -> str:

@@ -38,7 +38,20 @@ from provider.archive import stub
 from provider.archive.par import native_target
 from provider.errors import ArchiveError
 
-BUNDLED = ("websockets", "nats-py", "msgpack", "PyNaCl", "cffi", "nkeys", "certifi")
+BUNDLED = (
+    "websockets",
+    "nats-py",
+    "msgpack",
+    "PyNaCl",
+    "cffi",
+    "nkeys",
+    "certifi",
+    "opentelemetry-api",
+    "opentelemetry-sdk",
+    "opentelemetry-exporter-otlp-proto-http",
+    "opentelemetry-proto",
+    "protobuf",
+)
 """The distributions frozen into the provider; their versions are part of the cache key."""
 SPEC = Path("packaging") / "wasmcloud-ws-provider.spec"
 KEEP = 3

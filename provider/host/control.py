@@ -69,6 +69,7 @@ class HostControl:
         provider_secrets: Mapping[str, str | bytes] | None = None,
         log_level: str = "info",
         structured_logging: bool = False,
+        otel_config: Mapping[str, Any] | None = None,
     ) -> HostData:
         """HostData for starting ``provider`` on this host.
 
@@ -92,6 +93,7 @@ class HostControl:
             provider_xkey_private_key=provider.xkey.seed,
             log_level=log_level,
             structured_logging=structured_logging,
+            otel_config=dict(otel_config or {}),
         )
 
     def seal_link(

@@ -56,6 +56,7 @@ class LocalLattice:
         link_secrets: Mapping[tuple[str, str], Mapping[str, str | bytes]] | None = None,
         log_level: str = "info",
         structured_logging: bool = False,
+        otel_config: Mapping[str, Any] | None = None,
         echo_logs: bool = False,
         cwd: Path | None = None,
         own_process_group: bool = False,
@@ -74,6 +75,7 @@ class LocalLattice:
             "provider_secrets": secrets,
             "log_level": log_level,
             "structured_logging": structured_logging,
+            "otel_config": otel_config,
         }
         self._connections: list[NatsConnection] = []
         self._components: list[NativeComponent] = []

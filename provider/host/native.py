@@ -8,6 +8,8 @@ The provider cannot tell one from a wasm component: handle-message is served on
 
 from __future__ import annotations
 
+import collections
+import contextvars
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -25,6 +27,8 @@ from provider.wrpc.nats import Headers, Served, WrpcTransport
 from provider.wrpc.subjects import prefix
 
 OnMessage = Callable[["NativeComponent", BrokerMessage], Awaitable[UnitResult]]
+TRACE_HEADERS = ("traceparent", "tracestate")
+_TRACE: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("trace", default={})  # noqa: B039 - never mutated
 
 
 class NativeComponent:
@@ -45,12 +49,20 @@ class NativeComponent:
         self.lattice = lattice
         self._on_message = on_message
         self._served: Served[Any, Any] | None = None
+        self.received_headers: collections.deque[dict[str, str]] = collections.deque(maxlen=1000)
+        """The headers of the last handle-message calls (tests look at their ``traceparent``)."""
 
     async def start(self) -> None:
         """Serve handle-message; returns once the subscription is live."""
 
         async def handle(msg: BrokerMessage, headers: Headers) -> UnitResult:
-            return await self._on_message(self, msg)
+            self.received_headers.append(dict(headers))
+            # As a host does: the component's own calls while it handles this one carry its trace.
+            trace = _TRACE.set({k: v for k, v in headers.items() if k.lower() in TRACE_HEADERS})
+            try:
+                return await self._on_message(self, msg)
+            finally:
+                _TRACE.reset(trace)
 
         self._served = await self.transport.serve(
             prefix(self.lattice, self.component_id), HANDLE_MESSAGE, handle
@@ -61,7 +73,7 @@ class NativeComponent:
             await self._served.close()
 
     def _headers(self, link_name: str) -> dict[str, str]:
-        return {"source-id": self.component_id, "link-name": link_name}
+        return {"source-id": self.component_id, "link-name": link_name, **_TRACE.get()}
 
     async def publish(self, msg: BrokerMessage, link_name: str = "default") -> UnitResult:
         """``consumer.publish`` on the provider, as this component."""

@@ -7,9 +7,9 @@ through the :class:`ProviderContext` the runtime gives it.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from provider.wasmcloud.config import Config
 from provider.wasmcloud.hostdata import HostData
@@ -82,8 +82,24 @@ class Bus(Protocol):
         ...
 
 
+class Instruments(Protocol):
+    """What a capability tells the runtime's telemetry (nothing happens when telemetry is off)."""
+
+    def observe(self, measurements: Callable[[], Mapping[str, Any]]) -> None:
+        """Export what ``measurements()`` returns at each metrics collection: numbers, or maps of
+        attribute value → number (``{"sessions": 3, "drops": {"bad frame": 2}}``)."""
+
+    def record(self, operation: str, seconds: float, outcome: str) -> None:
+        """One operation's duration (``messaging.client.operation.duration``)."""
+
+
 class ProviderContext(Protocol):
     """What the runtime offers a capability."""
+
+    @property
+    def instruments(self) -> Instruments:
+        """The telemetry (does nothing unless HostData's ``otel_config`` switches it on)."""
+        ...
 
     @property
     def bus(self) -> Bus:

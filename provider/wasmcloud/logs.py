@@ -20,6 +20,7 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TextIO
 
@@ -121,8 +122,34 @@ def redact(*values: str) -> None:
     _redactor.add(*values)
 
 
+class TraceFields(logging.Filter):
+    """Puts the current span's ``trace_id`` / ``span_id`` on each record (telemetry on only)."""
+
+    def __init__(self, fields: Callable[[], dict[str, str]]) -> None:
+        super().__init__()
+        self._fields = fields
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ids = self._fields()
+        record.trace = f" [trace_id={ids['trace_id']} span_id={ids['span_id']}]" if ids else ""
+        record.__dict__.update(ids)
+        return True
+
+
+def with_trace_fields(fields: Callable[[], dict[str, str]]) -> None:
+    """From now on every record written inside a span carries its trace and span ids."""
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(TraceFields(fields))
+        if not isinstance(handler.formatter, JsonFormatter):
+            handler.setFormatter(logging.Formatter(TEXT_FORMAT + "%(trace)s"))
+
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: timestamp, level, target (logger), message, and the exception if any."""
+    """One JSON object per line: timestamp, level, target (logger), message, the trace and span ids
+    inside a span (telemetry on), and the exception if any."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -131,6 +158,9 @@ class JsonFormatter(logging.Formatter):
             "target": record.name,
             "message": record.getMessage(),
         }
+        for key in ("trace_id", "span_id"):
+            if key in record.__dict__:
+                entry[key] = record.__dict__[key]
         if record.exc_info:
             entry["exception"] = record.exc_text or self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
@@ -169,7 +199,7 @@ def configure(level: str, *, structured: bool, stream: TextIO | None = None) -> 
     if structured:
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
     handler.addFilter(RateLimiter())  # first: it keys on the template, before anything is formatted
     handler.addFilter(RedactHandshakes())
     handler.addFilter(_redactor)

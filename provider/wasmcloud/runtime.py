@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import json
 import logging
 from collections import UserString
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from provider.errors import ConfigError, ProviderError
+from provider.errors import ConfigError, ProviderError, WrpcError
 from provider.wasmcloud import logs
 from provider.wasmcloud.bus import NatsBus
 from provider.wasmcloud.capability import Bus, Capability, Health, ReplacesLinks
@@ -48,9 +49,10 @@ from provider.wasmcloud.links import (
     decode_link_definition,
 )
 from provider.wasmcloud.subjects import ControlSubjects
+from provider.wasmcloud.telemetry import OFF, Telemetry
 from provider.wasmcloud.xkeys import XKey
 from provider.wrpc.call import ServeLimits
-from provider.wrpc.codec import Err
+from provider.wrpc.codec import Err, Ok
 from provider.wrpc.connection import NatsConnection
 from provider.wrpc.connection import connect as connect_nats
 from provider.wrpc.messaging import (
@@ -209,8 +211,9 @@ async def connect_nats_retrying(
 class ProviderRuntime:
     """Runs one provider: the control plane for ``capability`` and its ``consumer`` exports."""
 
-    def __init__(self, host_data: HostData, capability: Capability) -> None:
+    def __init__(self, host_data: HostData, capability: Capability, telemetry: Telemetry = OFF) -> None:
         self._host = host_data
+        self._telemetry = telemetry
         self._capability = capability
         self._xkey = XKey.from_seed(host_data.provider_xkey_private_key) if host_data.has_xkeys else None
         self._resolver = LinkResolver(
@@ -259,21 +262,37 @@ class ProviderRuntime:
         return self._config
 
     @property
+    def instruments(self) -> Telemetry:
+        return self._telemetry
+
+    @property
     def bus(self) -> Bus:
         if self._bus is None:
             self._bus = NatsBus(self._nc_or_raise())
         return self._bus
 
     async def handle_message(self, component_id: str, msg: BrokerMessage) -> UnitResult:
-        """Invoke ``handle-message`` on ``component_id`` with ``source-id``/``target-id`` headers."""
+        """Invoke ``handle-message`` on ``component_id`` with ``source-id``/``target-id`` headers
+        (and, with telemetry on, in a span whose ``traceparent`` the component receives)."""
         assert self._wrpc is not None, "the runtime is not running"
-        return await self._wrpc.invoke(
-            prefix(self._host.lattice, component_id),
-            HANDLE_MESSAGE,
-            msg,
-            headers={"source-id": self.provider_id, "target-id": component_id},
-            timeout=HANDLE_MESSAGE_TIMEOUT,
-        )
+        target = prefix(self._host.lattice, component_id)
+        headers = {"source-id": self.provider_id, "target-id": component_id}
+        if not self._telemetry.enabled:
+            return await self._wrpc.invoke(
+                target, HANDLE_MESSAGE, msg, headers=headers, timeout=HANDLE_MESSAGE_TIMEOUT
+            )
+        with self._telemetry.delivery(component_id, msg.subject, len(msg.body), headers) as span:
+            try:
+                result = await self._wrpc.invoke(
+                    target, HANDLE_MESSAGE, msg, headers=headers, timeout=HANDLE_MESSAGE_TIMEOUT
+                )
+            except WrpcError as exc:
+                span.outcome("failed", str(exc))
+                raise
+            span.outcome(
+                "ok" if isinstance(result, Ok) else "err", None if isinstance(result, Ok) else result.value
+            )
+            return result
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -569,14 +588,49 @@ class ProviderRuntime:
         )
 
     async def _publish(self, msg: BrokerMessage, headers: Headers) -> UnitResult:
-        return await self._from_component(
-            "publish", headers, lambda link: self._capability.publish(link, msg)
+        call = functools.partial(
+            self._from_component, "publish", headers, lambda link: self._capability.publish(link, msg)
+        )
+        return await (
+            self._traced(call, "publish", headers, msg.subject, len(msg.body))
+            if self._telemetry.enabled
+            else call()
         )
 
     async def _request(self, params: RequestParams, headers: Headers) -> MessageResult:
-        return await self._from_component(
-            "request", headers, lambda link: self._capability.request(link, params)
+        call = functools.partial(
+            self._from_component, "request", headers, lambda link: self._capability.request(link, params)
         )
+        return await (
+            self._traced(call, "request", headers, params.subject, len(params.body))
+            if self._telemetry.enabled
+            else call()
+        )
+
+    async def _traced(
+        self,
+        call: Callable[[], Awaitable[ResultT]],
+        operation: str,
+        headers: Headers,
+        subject: str,
+        size: int,
+    ) -> ResultT:
+        """``call()`` in a span parented by the incoming call's ``traceparent``."""
+        with self._telemetry.served(operation, headers, subject, size) as span:
+            result = await call()
+            if isinstance(result, Ok):
+                span.outcome("ok")
+            else:
+                span.outcome("err", str(result.value))
+                # Inside the span: the exported record (and the log line) carries its trace id.
+                log.info(
+                    "%s on %r from %s: err: %s",
+                    operation,
+                    subject,
+                    headers.get("source-id", "?"),
+                    result.value,
+                )
+            return result
 
     async def _from_component(
         self, what: str, headers: Headers, call: Callable[[Link], Awaitable[ResultT]]

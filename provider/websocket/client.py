@@ -369,7 +369,7 @@ class Connection:
     def _inbound(self, ws: ClientConnection, frame: Frame) -> BrokerMessage | None:
         """Match an answer to its request, or make the message to deliver; ``None`` if there is none."""
         s = self.settings
-        self._counters.frames_in += 1
+        self._counters.received(frame)
         try:
             envelope = formats.decode(s.format, frame, s.subject)
         except formats.FrameError as exc:
@@ -441,7 +441,7 @@ class Connection:
             # Closing but not yet seen by the reader counts as disconnected: wait for the next one.
             ws = await self._wait_open(stale=ws)
         send_frame(ws, frame, self.settings.send_queue_limit)
-        self._counters.frames_out += 1
+        self._counters.sent(frame)
         return ws
 
     async def _wait_open(self, stale: ClientConnection | None) -> ClientConnection:

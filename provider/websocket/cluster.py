@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from provider.errors import CodecError, InvocationTimeout, NoResponders, ProviderError
-from provider.wasmcloud.capability import Bus, BusSubscription
+from provider.wasmcloud.capability import Bus, BusSubscription, Instruments
 from provider.websocket import forwarding as fw
 from provider.websocket.peer import Counters
 from provider.websocket.subjects import Ids
@@ -105,6 +105,7 @@ class Cluster:
         ids: Ids,
         local: Local,
         counters: Counters,
+        instruments: Instruments | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -114,6 +115,7 @@ class Cluster:
         self.ids = ids
         self._local = local
         self._counters = counters
+        self._instruments = instruments
         self._clock = clock
         self._prefix = fw.base(lattice, provider_id)
         self.members: dict[str, float] = {}
@@ -225,7 +227,10 @@ class Cluster:
             self.stats.forward_failures += 1
             return Err(f"{what!r}: could not reach provider instance {tag}: {exc}")
         self.stats.forwarded += 1
-        self.stats.record(self._clock() - started)
+        took = self._clock() - started
+        self.stats.record(took)
+        if self._instruments is not None:
+            self._instruments.record("forward", took, "ok")
         return answer
 
     def _garbled(self, tag: str, exc: Exception) -> Err[str]:

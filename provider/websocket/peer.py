@@ -44,14 +44,25 @@ class Counters:
 
     frames_in: int = 0
     frames_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
     delivered: int = 0
     component_errors: int = 0
     delivery_failures: int = 0
+    publishes: int = 0
     publish_errors: int = 0
     drops: collections.Counter[str] = field(default_factory=collections.Counter)
     """Frames received but not delivered, by reason (``DROP_*``)."""
     closes: collections.Counter[str] = field(default_factory=collections.Counter)
     """Connections the provider closed, by ``"<code> <reason>"``."""
+
+    def received(self, frame: Frame) -> None:
+        self.frames_in += 1
+        self.bytes_in += frame_size(frame)
+
+    def sent(self, frame: Frame) -> None:
+        self.frames_out += 1
+        self.bytes_out += frame_size(frame)
 
     def summary(self) -> str:
         """One line for the health message: every counter, drops and closes by reason."""
@@ -62,6 +73,13 @@ class Counters:
             f"component errors {self.component_errors}, delivery failures {self.delivery_failures}; "
             f"publish errors {self.publish_errors}; dropped: {drops}; closed by the provider: {closes}"
         )
+
+
+def frame_size(frame: Frame) -> int:
+    """A frame's payload in bytes (a text frame's UTF-8 length)."""
+    if isinstance(frame, str):
+        return len(frame) if frame.isascii() else len(frame.encode("utf-8", errors="surrogatepass"))
+    return len(frame)
 
 
 class SendError(ProviderError):

@@ -17,6 +17,7 @@ dispatched here with ``match``, so mypy checks that every kind of target is hand
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -97,7 +98,10 @@ class WebSocketProvider:
         self._context = context
         host = context.host_data
         self._use(Ids.for_instance(host.instance_id))
-        self.cluster = Cluster(context.bus, host.lattice, context.provider_id, self.ids, self, self.counters)
+        self.cluster = Cluster(
+            context.bus, host.lattice, context.provider_id, self.ids, self, self.counters, context.instruments
+        )
+        context.instruments.observe(self.measurements)
         elector = Elector(context.bus, host.lattice, context.provider_id, self.ids.tag)
         self.connections = Connections(self._handle, self.counters, self._provider_config, self.ids, elector)
         await self.cluster.start()
@@ -204,6 +208,26 @@ class WebSocketProvider:
             return_exceptions=True,
         )
 
+    def measurements(self) -> dict[str, object]:
+        """What the telemetry exports as metrics (provider.wasmcloud.telemetry): the counters as they are."""
+        c = self.counters
+        states = collections.Counter(
+            s.connection.state.name.lower() for s in self.connections.by_key.values()
+        )
+        stats = self.cluster.stats if self.cluster is not None else None
+        return {
+            "sessions": len(self.sessions),
+            "connections": dict(states),
+            "frames_in": c.frames_in,
+            "frames_out": c.frames_out,
+            "bytes": {"receive": c.bytes_in, "transmit": c.bytes_out},
+            "deliveries": {"ok": c.delivered, "err": c.component_errors, "failed": c.delivery_failures},
+            "publishes": {"ok": c.publishes - c.publish_errors, "err": c.publish_errors},
+            "drops": dict(c.drops),
+            "closes": dict(c.closes),
+            "forwards": {"ok": stats.forwarded, "failed": stats.forward_failures} if stats else {},
+        }
+
     def health(self) -> Health:
         clients = [shared.connection for shared in self.connections.by_key.values()]
         open_clients = sum(1 for c in clients if c.state is State.OPEN)
@@ -229,6 +253,7 @@ class WebSocketProvider:
     # -- from components ------------------------------------------------------------------------------
 
     async def publish(self, link: Link, msg: BrokerMessage) -> UnitResult:
+        self.counters.publishes += 1
         result = await self._publish(self.links.get(link.key), link, msg)
         if isinstance(result, Err):
             self.counters.publish_errors += 1

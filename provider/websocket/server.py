@@ -111,7 +111,7 @@ class Session:
                 log.warning("session %s: %s; closing it (1008)", self.id, exc)
                 self.close(1008, SEND_QUEUE_FULL, SEND_QUEUE_FULL)
             raise
-        self.server.counters.frames_out += 1
+        self.server.counters.sent(frame)
 
     def close(self, code: int, reason: str, label: str | None = None) -> None:
         """Start the close handshake; ``label`` names the cause in the counters (else the code)."""
@@ -337,7 +337,7 @@ class WsServer:
         try:
             await self._lifecycle(window, session, self.naming.connected, session.info())
             async for frame in ws:
-                self.counters.frames_in += 1
+                self.counters.received(frame)
                 liveness.frames += 1
                 liveness.busy = True  # from here until the next read, the provider reads nothing
                 if bucket is not None:

