@@ -17,7 +17,8 @@ when they wrap a lower-level error::
     │   ├── ProtocolViolation      the peer broke the wRPC protocol (no reply subject, bad status…)
     │   ├── TransportClosed        the transport was closed while the call was in flight
     │   ├── Overloaded             a served function is over one of its limits: answered with no results
-    │   └── OutboundBufferFull     NATS is disconnected and its reconnect buffer is full: not sent
+    │   ├── OutboundBufferFull     NATS is disconnected and its reconnect buffer is full: not sent
+    │   └── MessageTooLarge        one NATS message cannot carry it (the server's max_payload)
     ├── ConfigError                bad input from the host or a link (HostData, link config, secrets)
     │   └── InvalidKey             an nkey's text that does not decode (base32, checksum, prefix, length)
     └── ArchiveError               a provider archive (PAR) or its claims that a host or wash would refuse
@@ -127,6 +128,15 @@ class OutboundBufferFull(WrpcError):
             f"{size} more would pass the limit of {limit}; not sent"
         )
         self.pending = pending
+        self.size = size
+        self.limit = limit
+
+
+class MessageTooLarge(WrpcError):
+    """A message (not a chunked wRPC call) larger than the NATS server's ``max_payload``."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"{size} bytes do not fit in one NATS message (max_payload {limit})")
         self.size = size
         self.limit = limit
 

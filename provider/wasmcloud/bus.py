@@ -19,7 +19,7 @@ from nats.aio.subscription import Subscription
 from nats.js.api import KeyValueConfig
 from nats.js.kv import KeyValue as NatsKeyValue
 
-from provider.errors import InvocationTimeout, NoResponders, ProviderError, TransportClosed
+from provider.errors import InvocationTimeout, MessageTooLarge, NoResponders, ProviderError, TransportClosed
 from provider.wasmcloud.capability import BusHandler, BusSubscription, KeyValue
 from provider.wrpc.connection import NatsConnection
 from provider.wrpc.nats import ensure_active
@@ -99,6 +99,8 @@ class NatsBus:
             raise InvocationTimeout(subject, "an answer", timeout) from None
         except nats.errors.ConnectionClosedError as exc:
             raise TransportClosed("the NATS connection is closed") from exc
+        except nats.errors.MaxPayloadError:
+            raise MessageTooLarge(len(payload), self._nc.max_payload) from None
         data: bytes = msg.data
         return data
 

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from provider.errors import CodecError, InvocationTimeout, NoResponders, ProviderError
+from provider.errors import CodecError, InvocationTimeout, MessageTooLarge, NoResponders, ProviderError
 from provider.wasmcloud.capability import Bus, BusSubscription, Instruments
 from provider.websocket import forwarding as fw
 from provider.websocket.peer import Counters
@@ -223,6 +223,12 @@ class Cluster:
         except InvocationTimeout:
             self.stats.forward_failures += 1
             return Err(f"{what!r}: provider instance {tag} did not answer within {timeout:g}s")
+        except MessageTooLarge as exc:
+            self.stats.forward_failures += 1
+            return Err(
+                f"{what!r} is held by provider instance {tag}, and the message is too large to forward "
+                f"to it over the lattice: {exc}"
+            )
         except ProviderError as exc:
             self.stats.forward_failures += 1
             return Err(f"{what!r}: could not reach provider instance {tag}: {exc}")

@@ -1,7 +1,7 @@
 """Server mode: one WebSocket server per listen address, shared by every handler link on it. I/O.
 
-A client that connects becomes a :class:`Session` with an id the provider draws (128
-random bits); each frame it sends is decoded under ``FORMAT`` and delivered by
+A client that connects becomes a :class:`Session` with an id the provider draws (its
+instance's tag and 128 random bits); each frame it sends is decoded under ``FORMAT`` and delivered by
 ``handle-message`` to the linked components whose ``SUBSCRIPTIONS`` match its subject,
 with ``reply-to`` = the session's reply subject, whatever the client wrote. A frame on a
 subject the provider reserves (``ws.connected``…) is refused with a ``ws.error`` frame.

@@ -31,12 +31,18 @@ WAIT = 10.0
 
 
 async def start_instances(
-    make_lattice: MakeLattice, count: int, component: str, *, consumer: bool = True, **config: str
+    make_lattice: MakeLattice,
+    count: int,
+    component: str,
+    *,
+    consumer: bool = True,
+    server: NatsServer | None = None,
+    **config: str,
 ) -> list[tuple[LocalLattice, int]]:
     """``count`` instances of the provider, each serving ``component`` on a port of its own."""
     started = []
     for _ in range(count):
-        lattice = await make_lattice()
+        lattice = await make_lattice(server)
         port = free_port()
         links = [handler_link(PROVIDER, component, MODE="server", URI=f"127.0.0.1:{port}", **config)]
         if consumer:
@@ -111,6 +117,25 @@ async def test_publishes_to_a_session_reach_it_once_in_order_through_any_instanc
     assert forwarded_by_b > 0, "every publish landed on the instance holding the session"
     assert forwarded_by_b == served_by_a
     assert figure(await health(a), r"forwarded (\d+)") == 0  # a's own publishes stayed local
+
+
+async def test_a_publish_too_large_to_forward_errs_saying_so(
+    make_lattice: MakeLattice, small_nats_server: NatsServer
+) -> None:
+    """On a NATS server with max_payload 4096, a 10 KiB publish reaches a local session (wRPC
+    chunks it) but cannot be forwarded in one message: the component gets err saying why."""
+    inbox = Inbox()
+    (a, port_a), _ = await start_instances(make_lattice, 2, "echo", server=small_nats_server)
+    component = await a.component("echo", inbox.record)
+    body = b"z" * 10_240
+    async with await open_ws(port_a) as ws:
+        session = await hello(ws, inbox, 1)
+        results = [await component.publish(BrokerMessage(session, body, None)) for _ in range(20)]
+        errs = [r.value for r in results if isinstance(r, Err)]
+        assert errs, "every publish landed on the instance holding the session"
+        assert all("too large to forward" in e and "max_payload 4096" in e for e in errs), set(errs)
+        delivered = [await asyncio.wait_for(ws.recv(), WAIT) for _ in range(len(results) - len(errs))]
+        assert all(json.loads(frame)["body"] == body.decode() for frame in delivered)
 
 
 async def test_a_local_publish_sends_nothing_over_the_lattice(
