@@ -219,7 +219,10 @@ async def bridge_service(nats: NatsServer) -> AsyncIterator[Target]:
     from bench import bridge
 
     async with bridge.bridge_with_service(nats) as target:
-        yield Target(report.BRIDGE, target.url, target.server_pid, {"server": target.server_pid})
+        # Plain NATS: a frame must fit in one message (max_payload 1 MiB), so 1 MiB bodies are out.
+        yield Target(
+            report.BRIDGE, target.url, target.server_pid, {"server": target.server_pid}, max_body=65_536
+        )
 
 
 async def _load(*args: str) -> dict[str, Any]:
