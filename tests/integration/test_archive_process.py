@@ -6,7 +6,8 @@ from ``.cache/par`` when its inputs have not changed), signed with throw-away ke
 checkout. This module's ``launcher`` fixture is that binary, so the provider-process tests
 imported below run again, unchanged, against it: empty environment, health, HostData links,
 sealed secrets, bad HostData, SIGTERM, restart, server-mode echo, ``wss://``, NATS
-JWT authentication. The tests written here add what only the archive has: the claims, the
+JWT authentication, OpenTelemetry export (the exporters are imported by name, so only running
+them shows they were bundled). The tests written here add what only the archive has: the claims, the
 stub's cache in temp dirs, SIGKILL, no trace of the checkout, and the local host running it.
 """
 
@@ -52,6 +53,11 @@ from tests.integration.test_server_mode import (  # noqa: F401
     echo_server,
     test_json_echo_via_reply_to,
     test_msgpack_echo,
+)
+from tests.integration.test_telemetry import (  # noqa: F401
+    receiver,
+    test_a_websocket_echo_is_one_trace_and_the_metrics_count_it,
+    test_logs_are_exported_with_enable_logs,
 )
 
 # The first test may freeze the provider (15-60 s) and build the echo component.
