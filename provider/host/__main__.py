@@ -19,6 +19,11 @@ builds and compiles what is needed (cached), and only then starts NATS (loopback
 groups of their own, so Ctrl-C reaches this process only, which stops them in order:
 the provider's shutdown request, the components, NATS. A second Ctrl-C kills them at once.
 
+``run`` gives the provider the ``otel_config`` a wasmCloud host started with this environment
+would: ``WASMCLOUD_OBSERVABILITY_ENABLED`` (or ``WASMCLOUD_TRACES|METRICS|LOGS_ENABLED``),
+``OTEL_EXPORTER_OTLP_ENDPOINT`` (and per signal), ``WASMCLOUD_OBSERVABILITY_PROTOCOL``,
+``WASMCLOUD_TRACE_LEVEL``.
+
 Exit codes: 0 after Ctrl-C or SIGTERM, 2 for a problem with the manifest, an image, a
 config, a secret or an argument, 1 when something fails to build or start.
 """
@@ -38,7 +43,7 @@ from typing import Any
 
 from provider.errors import ConfigError, ProviderError
 from provider.host.build import BuildError, ComponentBuilder, ComponentSource, find_sources
-from provider.host.local import LocalHost, prepare, resolve_images
+from provider.host.local import LocalHost, host_otel_config, prepare, resolve_images
 from provider.host.nats_server import NatsServer
 from provider.host.v2 import BridgeProcess
 from provider.host.wadm import (
@@ -276,6 +281,7 @@ async def run(
             own_process_group=True,
             secrets=secrets,
             provider=args.provider,
+            otel_config=host_otel_config(os.environ),
         )
         if not await _until_stopped(host.start(), stop):
             return

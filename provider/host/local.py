@@ -29,9 +29,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from provider.errors import ArchiveError, ConfigError, ProviderError
 from provider.host.build import BuildError, ComponentBuilder, Image, ensure_built, resolve_image
@@ -99,6 +101,37 @@ class Endpoint:
     page: str | None
 
 
+# A wasmCloud 1.x host's observability settings, as `wasmcloud` / `wash up` read them from the
+# environment, and the otel_config key each becomes.
+_OTEL_FLAGS = {
+    "WASMCLOUD_OBSERVABILITY_ENABLED": "enable_observability",
+    "WASMCLOUD_TRACES_ENABLED": "enable_traces",
+    "WASMCLOUD_METRICS_ENABLED": "enable_metrics",
+    "WASMCLOUD_LOGS_ENABLED": "enable_logs",
+}
+_OTEL_VALUES = {
+    "OTEL_EXPORTER_OTLP_ENDPOINT": "observability_endpoint",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "traces_endpoint",
+    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": "metrics_endpoint",
+    "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT": "logs_endpoint",
+    "WASMCLOUD_OBSERVABILITY_PROTOCOL": "protocol",
+    "WASMCLOUD_TRACE_LEVEL": "trace_level",
+}
+
+
+def host_otel_config(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The ``otel_config`` a wasmCloud 1.x host started with ``environ`` gives its providers (empty:
+    telemetry off). The provider checks the values (a bad one is logged there and leaves it off)."""
+    config: dict[str, Any] = {}
+    for variable, key in _OTEL_FLAGS.items():
+        if variable in environ:
+            config[key] = environ[variable].strip().lower() in ("1", "true", "yes", "on")
+    for variable, key in _OTEL_VALUES.items():
+        if environ.get(variable):
+            config[key] = environ[variable]
+    return config
+
+
 class LocalHost:
     """Runs ``app`` against the NATS server at ``nats_url``. ``async with`` it, or call start/stop."""
 
@@ -117,6 +150,7 @@ class LocalHost:
         own_process_group: bool = False,
         fuel: int = FUEL_PER_CALL,
         secrets: LocalSecrets | None = None,
+        otel_config: Mapping[str, Any] | None = None,
     ) -> None:
         self.app = app
         self.nats_url = nats_url
@@ -130,6 +164,8 @@ class LocalHost:
         self.own_process_group = own_process_group
         self.fuel = fuel
         self.secrets = secrets or LocalSecrets()
+        self.otel_config = dict(otel_config or {})
+        """HostData ``otel_config`` for the provider instances (:func:`host_otel_config`)."""
         self.resolved: Resolved = {}
         self.engine = WasmEngine(cache_dir)
         self.lattice: LocalLattice | None = None
@@ -179,6 +215,7 @@ class LocalHost:
                 echo_logs=self.echo_logs,
                 cwd=self.base_dir,
                 own_process_group=self.own_process_group,
+                otel_config=self.otel_config,
             )
             self.instances.append(instance)
             await instance.start()

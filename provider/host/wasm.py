@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import hashlib
 import importlib.metadata
 import logging
@@ -203,6 +204,9 @@ class _Instance:
 class _Job:
     msg: BrokerMessage
     result: concurrent.futures.Future[UnitResult] = field(default_factory=concurrent.futures.Future)
+    context: contextvars.Context = field(default_factory=contextvars.copy_context)
+    """The context the call was served in: the worker runs the guest in it, so the imports' calls
+    (``consumer.publish``…) carry that call's trace headers, as a host's do."""
 
 
 @dataclass
@@ -343,7 +347,7 @@ class WasmComponent:
                 if instance is None:
                     instance = self._instantiate()
                 self.stats.calls += 1
-                job.result.set_result(instance.call(job.msg))
+                job.result.set_result(job.context.run(instance.call, job.msg))
             except BaseException as exc:
                 # Whatever failed, the instance may be unusable ("cannot enter component
                 # instance" after a trap): start the next message on a fresh one.

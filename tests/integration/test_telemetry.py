@@ -12,6 +12,7 @@ import gzip
 import json
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
@@ -21,12 +22,16 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from websockets.asyncio.client import connect
 
 from provider.host.lattice import LocalLattice, consumer_link, handler_link
+from provider.host.local import host_otel_config
 from provider.host.machine import free_port
 from provider.host.native import NativeComponent, echo
+from provider.host.nats_server import NatsServer
+from provider.host.wadm import linked_component_manifest
 from provider.wrpc.codec import Err, Ok
 from provider.wrpc.messaging import PUBLISH, BrokerMessage
 from provider.wrpc.subjects import prefix
 from tests.conftest import MakeLattice
+from tests.integration.components import BUILD_TIMEOUT, built, running
 
 PROVIDER = "websocket-provider"
 WAIT = 20.0
@@ -286,3 +291,61 @@ async def test_telemetry_is_off_by_default(make_lattice: MakeLattice, receiver: 
     assert await component.publish(BrokerMessage("nowhere", b"", None)) != Ok(None)
     assert "telemetry on" not in lattice.process.output
     assert dict(receiver.received) == {}
+
+
+@pytest.mark.timeout(BUILD_TIMEOUT)
+async def test_a_wasm_components_publish_is_in_the_deliverys_trace(
+    nats_server: NatsServer, launcher: Path, receiver: Receiver
+) -> None:
+    """The local host run with a wasmCloud host's observability variables: echo.wasm's publish,
+    made by the guest while it handles a delivery, is a child span of that delivery (the host
+    runs the guest in the served call's context, so its imports carry the trace on)."""
+    otel = host_otel_config(
+        {
+            "WASMCLOUD_OBSERVABILITY_ENABLED": "true",
+            "WASMCLOUD_METRICS_ENABLED": "false",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}",
+            "WASMCLOUD_OBSERVABILITY_PROTOCOL": "http",
+        }
+    )
+    port = free_port()
+    text = linked_component_manifest(
+        "echo",
+        built()["echo"],
+        handler={"MODE": "server", "URI": f"127.0.0.1:{port}", "FORMAT": "json"},
+        consumer={"MODE": "server"},
+    )
+    async with running(text, nats_server, launcher, otel_config=otel):
+        async with connect(f"ws://127.0.0.1:{port}/ws", compression=None) as ws:
+            await ws.send(json.dumps({"subject": "echo.hi", "body": "traced"}))
+            assert json.loads(await asyncio.wait_for(ws.recv(), WAIT))["body"] == "traced"
+
+        def linked() -> tuple[Any, Any] | None:
+            spans = receiver.spans()
+            deliveries = {s.span_id: s for s in spans if s.name == "deliver"}
+            child = next((s for s in spans if s.name == "publish" and s.parent_span_id in deliveries), None)
+            return None if child is None else (deliveries[child.parent_span_id], child)
+
+        delivery, publish = await receiver.wait_for(linked)
+    assert publish.trace_id == delivery.trace_id
+    assert attributes(delivery)["messaging.destination.name"] == "echo.hi"
+    assert receiver.received["/v1/metrics"] == []  # switched off per signal
+
+
+def test_host_otel_config_reads_a_wasmcloud_hosts_variables() -> None:
+    assert host_otel_config({}) == {}
+    assert host_otel_config(
+        {
+            "WASMCLOUD_OBSERVABILITY_ENABLED": " TRUE ",
+            "WASMCLOUD_LOGS_ENABLED": "0",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://collector:4318/v1/traces",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "",
+            "WASMCLOUD_TRACE_LEVEL": "debug",
+            "UNRELATED": "x",
+        }
+    ) == {
+        "enable_observability": True,
+        "enable_logs": False,
+        "traces_endpoint": "http://collector:4318/v1/traces",
+        "trace_level": "debug",
+    }
