@@ -36,6 +36,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 
 from bench import processes
+from bench.load import broadcast
 from provider.host.build import ComponentBuilder, ComponentSource
 from provider.host.machine import free_port
 from provider.host.nats_server import NatsServer
@@ -124,21 +125,6 @@ async def throughput(
 async def _round_trip(ws: ClientConnection, body: int) -> None:
     await ws.send(_frame("bench.echo", -1, body))
     await ws.recv()
-
-
-async def broadcast(url: str, connections: int, subject: str, rounds: int = 5) -> dict[str, float]:
-    """Median time from one client's trigger frame to its arrival at all ``connections`` sessions."""
-    clients = [await _connect(url) for _ in range(connections)]
-    trigger = json.dumps({"subject": subject, "body": "go"})
-    times = []
-    for _ in range(rounds):
-        started = time.perf_counter()
-        await clients[0].send(trigger)
-        await asyncio.wait_for(asyncio.gather(*(ws.recv() for ws in clients)), 60)
-        times.append(time.perf_counter() - started)
-    for ws in clients:
-        await ws.close()
-    return {"median_ms": statistics.median(times) * 1000}
 
 
 async def _load(*args: str) -> dict[str, Any]:
@@ -275,11 +261,12 @@ def table(rows: list[Row]) -> str:
 def main() -> None:
     if sys.argv[1:2] == ["load"]:
         mode, url, *rest = sys.argv[2:]
+        result: dict[str, Any]
         if mode == "throughput":
             connections, in_flight, body, seconds = rest
             result = asyncio.run(throughput(url, int(connections), int(in_flight), int(body), float(seconds)))
         else:
-            result = asyncio.run(broadcast(url, int(rest[0]), rest[1]))
+            result = asyncio.run(broadcast(url, int(rest[0]), subject=rest[1]))
         print(json.dumps(result), flush=True)
         return
     if sys.argv[1:2] == ["service"]:

@@ -126,10 +126,12 @@ async def idle(url: str, connections: int) -> None:
         await ws.close()
 
 
-async def broadcast(url: str, connections: int, rounds: int) -> dict[str, object]:
-    """Time from one client's trigger frame to its arrival at all ``connections`` sessions."""
+async def broadcast(
+    url: str, connections: int, rounds: int = 5, subject: str = "bench.broadcast"
+) -> dict[str, object]:
+    """Time from one trigger frame (on ``subject``) to its arrival at all ``connections`` sessions."""
     clients = [await _connect(url) for _ in range(connections)]
-    trigger = json.dumps({"subject": "bench.broadcast", "body": "go"})
+    trigger = json.dumps({"subject": subject, "body": "go"})
     times = []
     for _ in range(rounds):
         started = time.perf_counter()

@@ -26,14 +26,14 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from provider.errors import CodecError, InvocationTimeout, MessageTooLarge, NoResponders, ProviderError
 from provider.wasmcloud.capability import Bus, BusSubscription, Instruments
 from provider.websocket import forwarding as fw
 from provider.websocket.peer import Counters
 from provider.websocket.subjects import Ids
-from provider.wrpc.codec import Err, decode, encode
+from provider.wrpc.codec import Codec, Err, decode, encode
 from provider.wrpc.messaging import (
     MESSAGE_RESULT,
     UNIT_RESULT,
@@ -44,6 +44,7 @@ from provider.wrpc.messaging import (
 )
 
 log = logging.getLogger("provider.websocket.cluster")
+T = TypeVar("T")
 
 HEARTBEAT = 2.0
 """Seconds between an instance's presence messages."""
@@ -321,13 +322,8 @@ class Cluster:
         if op == fw.HEALTH:
             self._bus.publish(reply, self._local.health_here())
         elif op == fw.PUBLISH:
-            try:
-                message = decode(fw.FORWARDED, data)
-            except CodecError as exc:
-                self._bad(subject, str(exc))
-                self._bus.publish(
-                    reply, encode(UNIT_RESULT, Err(f"a forwarded publish that does not parse: {exc}"))
-                )
+            message = self._parsed(fw.FORWARDED, UNIT_RESULT, "publish", subject, reply, data)
+            if message is None:
                 return
             result = await self._local.publish_here(
                 message.component, BrokerMessage(message.subject, message.body, message.reply_to)
@@ -335,15 +331,9 @@ class Cluster:
             self.stats.served += 1
             self._bus.publish(reply, encode(UNIT_RESULT, result))
         elif op == fw.REQUEST:
-            try:
-                request = decode(fw.FORWARDED_REQUEST, data)
-            except CodecError as exc:
-                self._bad(subject, str(exc))
-                self._bus.publish(
-                    reply, encode(MESSAGE_RESULT, Err(f"a forwarded request that does not parse: {exc}"))
-                )
-                return
-            self._spawn(self._serve_request(request, reply))
+            request = self._parsed(fw.FORWARDED_REQUEST, MESSAGE_RESULT, "request", subject, reply, data)
+            if request is not None:
+                self._spawn(self._serve_request(request, reply))
         else:
             self._bad(subject, f"an unknown operation {op!r}")
 
@@ -397,6 +387,17 @@ class Cluster:
             log.info("instance %s is here", tag)
             self._say(fw.HERE)  # so a newcomer learns of us at once, not at our next heartbeat
         self.members[tag] = self._clock()
+
+    def _parsed(
+        self, codec: Codec[T], answer: Codec[Any], what: str, subject: str, reply: str, data: bytes
+    ) -> T | None:
+        """``data`` decoded with ``codec``; else None, logged, and ``reply`` told why in ``answer``'s err."""
+        try:
+            return decode(codec, data)
+        except CodecError as exc:
+            self._bad(subject, str(exc))
+            self._bus.publish(reply, encode(answer, Err(f"a forwarded {what} that does not parse: {exc}")))
+            return None
 
     def _bad(self, subject: str, why: str) -> None:
         self.stats.bad_messages += 1
