@@ -19,6 +19,7 @@ from websockets.asyncio.server import ServerConnection, broadcast, serve
 
 from bench.load import MAX_FRAME
 from provider.host.native import NativeComponent, echo
+from provider.process import keep_read_buffers_on_the_heap
 from provider.wrpc.connection import connect as connect_nats
 from provider.wrpc.messaging import BrokerMessage, UnitResult
 from provider.wrpc.nats import WrpcTransport
@@ -76,6 +77,7 @@ def main() -> None:
     if kind == "bare":
         asyncio.run(bare(int(args[0])))
     elif kind == "component":
+        keep_read_buffers_on_the_heap()  # as the provider does (and a host process would)
         asyncio.run(component(args[0], args[1]))
     else:
         raise SystemExit(f"unknown server kind {kind!r}")

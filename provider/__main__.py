@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import resource
 import select
 import signal
 import sys
@@ -24,6 +23,7 @@ from typing import Any
 from provider.bridge.bridge import Bridge
 from provider.bridge.config import USAGE, BridgeSettings, HelpRequested, parse_command_line
 from provider.errors import ConfigError, ProviderError
+from provider.process import MMAP_THRESHOLD, keep_read_buffers_on_the_heap, raise_open_file_limit
 from provider.wasmcloud import logs, telemetry
 from provider.wasmcloud.hostdata import HostData, decode_host_data
 from provider.wasmcloud.observability import parse_observability
@@ -36,24 +36,6 @@ STDIN_TIMEOUT = 5.0
 log = logging.getLogger("provider")
 loop_log = logging.getLogger("provider.loop")
 loop_log.addFilter(logs.RateLimiter(burst=1, interval=10.0))  # accept() failing per connection: once per 10 s
-
-MAX_OPEN_FILES = 1 << 20
-
-
-def raise_open_file_limit() -> None:
-    """Raise the soft ``RLIMIT_NOFILE`` to the hard limit, so ``MAX_CONNECTIONS=10000`` can be reached
-    (the soft limit is often 1024); say what it is either way."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = MAX_OPEN_FILES if hard == resource.RLIM_INFINITY else min(hard, MAX_OPEN_FILES)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        except (ValueError, OSError) as exc:
-            log.warning("open files: could not raise the limit from %d to %d: %s", soft, target, exc)
-            return
-        log.info("open files: raised the soft limit from %d to %d (the hard limit)", soft, target)
-    else:
-        log.info("open files: the limit is %d", soft)
 
 
 def _on_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
@@ -118,6 +100,8 @@ def bridge_main(argv: list[str]) -> None:
         print(f"wasmcloud-ws-provider bridge: {exc}", file=sys.stderr)
         sys.exit(2)
     logs.configure(settings.log_level, structured=settings.json_logs)
+    raise_open_file_limit()
+    keep_read_buffers_on_the_heap()
     try:
         asyncio.run(serve_bridge(settings))
     except ConfigError as exc:  # a setting the NATS server cannot honour (seen once connected)
@@ -142,6 +126,8 @@ def main() -> None:
         sys.exit(2)
     logs.configure(host_data.log_level, structured=host_data.structured_logging)
     raise_open_file_limit()
+    if keep_read_buffers_on_the_heap():
+        log.debug("malloc: socket read buffers come from the heap (mmap threshold %d bytes)", MMAP_THRESHOLD)
     try:
         asyncio.run(serve(host_data))
     except ProviderError as exc:

@@ -63,7 +63,7 @@ from provider.host.wadm import (
 )
 from provider.host.wash import Probe, WashDev, WashError, wash_unusable
 from provider.host.wasm import WasmEngine
-from provider.host.wasm_bytes import MALLOC_KEEP, reuse_freed_memory
+from provider.process import MALLOC_KEEP, reuse_freed_memory
 
 log = logging.getLogger("provider.host")
 

@@ -213,34 +213,3 @@ def install() -> None:
 def installed() -> bool:
     """Whether :func:`install` has run in this process."""
     return _types.ListType.convert_to_c is _convert_to_c and _types.ListType.convert_from_c is _convert_from_c
-
-
-MALLOC_KEEP = 512 << 20
-"""Bytes of freed memory :func:`reuse_freed_memory` lets glibc keep for reuse (M_TRIM_THRESHOLD)."""
-_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # <malloc.h>
-
-
-def reuse_freed_memory(keep: int = MALLOC_KEEP) -> bool:
-    """Have glibc's malloc reuse freed memory for large blocks instead of mapping fresh pages.
-
-    Returns whether it applied (``False`` on a C library without glibc's ``mallopt``).
-
-    Why: lowering or lifting a 1 MiB ``list<u8>`` allocates a 32 MiB array of C values here
-    and as much again inside wasmtime (its own ``Val`` list), so a 1 MiB echo allocates and
-    frees ~170 MiB. glibc serves every block of 32 MiB or more with a fresh ``mmap`` and
-    unmaps it on free, so every call pays a page fault and the kernel's zeroing for each
-    page: measured, half the local host's CPU time on 1 MiB echoes. With ``mmap`` off for
-    malloc (``M_MMAP_MAX=0``), one arena (``M_ARENA_MAX=1``) and up to ``keep`` bytes of freed
-    memory kept rather than returned (``M_TRIM_THRESHOLD``), the next call reuses the same
-    pages. The price: the process keeps up to ``keep`` bytes it no longer uses.
-
-    Process-wide, so it is the program's choice, not this module's: the local host's
-    ``run`` command calls it at start; importing this module does not.
-    """
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except AttributeError:
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    settings = ((_M_MMAP_MAX, 0), (_M_ARENA_MAX, 1), (_M_TRIM_THRESHOLD, keep))
-    return all(mallopt(option, value) == 1 for option, value in settings)

@@ -15,8 +15,6 @@ import importlib.metadata
 import importlib.util
 import random
 import re
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -256,38 +254,3 @@ def test_another_wasmtime_version_fails_loudly_at_import(
         spec.loader.exec_module(module)
     assert type(raised.value).__name__ == "UnsupportedWasmtime"
     assert "SUPPORTED_MAJOR" in str(raised.value)
-
-
-FAULTS = """
-import resource, sys
-from provider.host.wasm_bytes import reuse_freed_memory
-applied = reuse_freed_memory() if sys.argv[1] == "reuse" else None
-block = bytearray(64 << 20)  # written through: every page faulted in
-del block
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-block = bytearray(64 << 20)
-print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-"""
-
-
-def test_reuse_freed_memory_serves_a_large_block_from_pages_already_mapped() -> None:
-    """After it, a freed 64 MiB block's pages serve the next one (no page faults); without it,
-    glibc maps fresh pages and every one of them faults again. Each in a process of its own,
-    since the setting is process-wide."""
-
-    def run(mode: str) -> tuple[str, int]:
-        done = subprocess.run(
-            [sys.executable, "-c", FAULTS, mode],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=ROOT,
-            timeout=60,
-        )
-        applied, faults = done.stdout.split()
-        return applied, int(faults)
-
-    applied, reused = run("reuse")
-    assert applied == "True"
-    fresh = run("default")[1]  # 16,384 with 4 KiB pages; fewer where transparent huge pages are on
-    assert reused * 10 < fresh
