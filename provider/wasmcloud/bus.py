@@ -1,41 +1,103 @@
 """The lattice's NATS as a :class:`~provider.wasmcloud.capability.Bus`, for a capability's
 instances to talk to each other (design §7). I/O.
 
-Plain nats-py underneath: subscriptions with a callback (messages handled in order, one at
-a time, per subscription), request/reply with NATS's no-responders status, and JetStream
+nats-py underneath: subscriptions handled where the connection reads them, in order, one at a
+time per subscription (:class:`_InOrder`: a handler that must wait holds the messages after
+it back, up to a bound), request/reply with NATS's no-responders status, and JetStream
 key-value buckets for what one instance must hold for the whole lattice.
+
+Handling a message in the reader keeps the order of everything the instance receives: a
+broadcast another instance forwarded is sent to this instance's sessions before a later
+publish that reaches this instance straight from the component.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import contextlib
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
 import nats.errors
 import nats.js.errors
-from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import KeyValueConfig
 from nats.js.kv import KeyValue as NatsKeyValue
 
 from provider.errors import InvocationTimeout, MessageTooLarge, NoResponders, ProviderError, TransportClosed
 from provider.wasmcloud.capability import BusHandler, BusSubscription, KeyValue
-from provider.wrpc.connection import NatsConnection
+from provider.wrpc.connection import NOT_UTF8, NatsConnection
 from provider.wrpc.nats import ensure_active
 
 log = logging.getLogger("provider.bus")
 
 
-class _Subscription:
-    def __init__(self, sub: Subscription) -> None:
-        self._sub: Subscription | None = sub
+BACKLOG = 10_000
+"""Messages a subscription holds while its handler waits; past it they are dropped and counted."""
+BACKLOG_FULL = "backlog_full"
+"""Drop reason: a lattice subscription's backlog was full."""
+
+
+class _InOrder:
+    """One subscription's messages, handled in arrival order: in the reader while its handler
+    answers at once, and queued behind a handler that waits (a task drains them)."""
+
+    def __init__(self, nc: NatsConnection, subject: str, handler: BusHandler) -> None:
+        self._nc = nc
+        self._subject = subject
+        self._handler = handler
+        self._backlog: collections.deque[tuple[str, str, bytes]] = collections.deque()
+        self._draining: asyncio.Task[None] | None = None
+        self.sub: Subscription | None = None
+
+    def on_message(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        try:
+            text = subject.decode()
+        except UnicodeDecodeError:
+            self._nc.drop(NOT_UTF8, subject, "its subject is not UTF-8")
+            return
+        answer = self._nc.reply_of(subject, reply) if reply else ""
+        if answer is None:
+            return  # dropped and counted by reply_of
+        if self._draining is not None:
+            if len(self._backlog) >= BACKLOG:
+                self._nc.drop(BACKLOG_FULL, subject, f"{BACKLOG} messages wait for a handler already")
+                return
+            self._backlog.append((text, answer, data))
+            return
+        pending = self._handle(text, answer, data)
+        if pending is not None:
+            self._draining = asyncio.create_task(self._drain(pending))
+
+    def _handle(self, subject: str, reply: str, data: bytes) -> Awaitable[None] | None:
+        try:
+            return self._handler(subject, reply, data)
+        except Exception:  # a bad message must not stop the subscription
+            log.exception("%s: handling a message failed", self._subject)
+            return None
+
+    async def _drain(self, pending: Awaitable[None] | None) -> None:
+        try:
+            while pending is not None or self._backlog:
+                if pending is not None:
+                    try:
+                        await pending
+                    except Exception:
+                        log.exception("%s: handling a message failed", self._subject)
+                pending = self._handle(*self._backlog.popleft()) if self._backlog else None
+        finally:
+            self._draining = None
 
     async def unsubscribe(self) -> None:
-        sub, self._sub = self._sub, None
+        sub, self.sub = self.sub, None
         if sub is not None:
             with contextlib.suppress(nats.errors.ConnectionClosedError, nats.errors.BadSubscriptionError):
-                await sub.unsubscribe()  # closing anyway
+                await self._nc.unsubscribe_direct(sub)  # closing anyway
+        self._backlog.clear()
+        if self._draining is not None:
+            self._draining.cancel()
 
 
 class _KeyValue:
@@ -77,15 +139,10 @@ class NatsBus:
         self._nc = nc
 
     async def subscribe(self, subject: str, handler: BusHandler) -> BusSubscription:
-        async def deliver(msg: Msg) -> None:
-            try:
-                await handler(msg.subject, msg.reply, msg.data)
-            except Exception:  # a bad message must not stop the subscription
-                log.exception("%s: handling a message failed", subject)
-
-        sub = await self._nc.subscribe(subject, cb=deliver)
+        ordered = _InOrder(self._nc, subject, handler)
+        ordered.sub = await self._nc.subscribe_direct(subject, ordered.on_message)
         await ensure_active(self._nc)  # live before anyone is told to send to it
-        return _Subscription(sub)
+        return ordered
 
     def publish(self, subject: str, payload: bytes, reply: str = "") -> None:
         self._nc.publish_now(subject, payload, reply)

@@ -25,8 +25,10 @@ class Health:
     message: str | None = None
 
 
-BusHandler = Callable[[str, str, bytes], Awaitable[None]]
-"""``(subject, reply, payload)`` of a message received on a :class:`Bus` subscription."""
+BusHandler = Callable[[str, str, bytes], Awaitable[None] | None]
+"""``(subject, reply, payload)`` of a message received on a :class:`Bus` subscription. Handled
+at once, where the connection reads it, unless the handler returns an awaitable: then the
+subscription's next messages wait until it is done (an ``async def`` handler always waits)."""
 
 
 class BusSubscription(Protocol):
@@ -153,8 +155,10 @@ class Capability(Protocol):
         """Answer a health check; must not block."""
         ...
 
-    async def publish(self, link: Link, msg: BrokerMessage) -> UnitResult:
-        """``consumer.publish`` from the component at the other end of ``link``."""
+    def publish(self, link: Link, msg: BrokerMessage) -> UnitResult | Awaitable[UnitResult]:
+        """``consumer.publish`` from the component at the other end of ``link``: the result, or
+        an awaitable of it when the capability must wait (an ``async def`` is fine). Answering at
+        once, where it can, saves the call a task and a turn of the event loop."""
         ...
 
     async def request(self, link: Link, params: RequestParams) -> MessageResult:

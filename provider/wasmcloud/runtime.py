@@ -71,6 +71,26 @@ from provider.wrpc.subjects import prefix
 log = logging.getLogger("provider.runtime")
 
 ResultT = TypeVar("ResultT", UnitResult, MessageResult)
+ParamsT = TypeVar("ParamsT")
+
+
+def _provider_error(what: str, link: Link, exc: Exception) -> Err[str]:
+    log.error("%s from %s failed", what, link.component_id, exc_info=exc)
+    return Err(f"provider error: {exc}")
+
+
+async def _guarded(what: str, link: Link, pending: Awaitable[ResultT]) -> ResultT:
+    """``pending``'s result; an exception it raises becomes ``err`` (the component gets no trap)."""
+    try:
+        return await pending
+    except Exception as exc:
+        return _provider_error(what, link, exc)
+
+
+async def _settled(result: ResultT | Awaitable[ResultT]) -> ResultT:
+    """A result that may still be on its way, awaited if it is."""
+    return await result if isinstance(result, Awaitable) else result
+
 
 MESSAGING = ("wasmcloud", "messaging")
 EXPORTS = frozenset({"consumer"})
@@ -587,29 +607,30 @@ class ProviderRuntime:
             f"{self.provider_id!r} for wasmcloud:messaging/consumer"
         )
 
-    async def _publish(self, msg: BrokerMessage, headers: Headers) -> UnitResult:
-        call = functools.partial(
-            self._from_component, "publish", headers, lambda link: self._capability.publish(link, msg)
-        )
-        return await (
-            self._traced(call, "publish", headers, msg.subject, len(msg.body))
-            if self._telemetry.enabled
-            else call()
-        )
+    def _publish(self, msg: BrokerMessage, headers: Headers) -> UnitResult | Awaitable[UnitResult]:
+        """``consumer.publish``: its result at once when the capability answers at once (a
+        local session), else an awaitable of it (the wRPC server awaits that in a task)."""
+        if self._telemetry.enabled:
+            return self._traced(
+                functools.partial(self._from_component, "publish", headers, self._capability.publish, msg),
+                "publish",
+                headers,
+                msg.subject,
+                len(msg.body),
+            )
+        return self._from_component("publish", headers, self._capability.publish, msg)
 
     async def _request(self, params: RequestParams, headers: Headers) -> MessageResult:
-        call = functools.partial(
-            self._from_component, "request", headers, lambda link: self._capability.request(link, params)
-        )
+        call = functools.partial(self._from_component, "request", headers, self._capability.request, params)
         return await (
             self._traced(call, "request", headers, params.subject, len(params.body))
             if self._telemetry.enabled
-            else call()
+            else _settled(call())
         )
 
     async def _traced(
         self,
-        call: Callable[[], Awaitable[ResultT]],
+        call: Callable[[], ResultT | Awaitable[ResultT]],
         operation: str,
         headers: Headers,
         subject: str,
@@ -617,7 +638,7 @@ class ProviderRuntime:
     ) -> ResultT:
         """``call()`` in a span parented by the incoming call's ``traceparent``."""
         with self._telemetry.served(operation, headers, subject, size) as span:
-            result = await call()
+            result = await _settled(call())
             if isinstance(result, Ok):
                 span.outcome("ok")
             else:
@@ -632,15 +653,22 @@ class ProviderRuntime:
                 )
             return result
 
-    async def _from_component(
-        self, what: str, headers: Headers, call: Callable[[Link], Awaitable[ResultT]]
-    ) -> ResultT | Err[str]:
-        """Find the caller's link, then run ``call`` on it; every failure is an ``err`` value."""
+    def _from_component(
+        self,
+        what: str,
+        headers: Headers,
+        call: Callable[[Link, ParamsT], ResultT | Awaitable[ResultT]],
+        params: ParamsT,
+    ) -> ResultT | Awaitable[ResultT]:
+        """Find the caller's link, then ``call(link, params)``; every failure is an ``err`` value.
+        The capability's answer is passed on as it comes: a value, or an awaitable of one."""
         link, why = self._caller(headers)
         if link is None:
             return Err(why)
         try:
-            return await call(link)
+            result = call(link, params)
         except Exception as exc:  # the component gets err("…"), not a trap (spec §3.4)
-            log.exception("%s from %s failed", what, link.component_id)
-            return Err(f"provider error: {exc}")
+            return _provider_error(what, link, exc)
+        if isinstance(result, Awaitable):
+            return _guarded(what, link, result)
+        return result

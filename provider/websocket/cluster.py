@@ -24,7 +24,7 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -59,7 +59,7 @@ MAX_REQUESTS_SERVED = 256
 class Local(Protocol):
     """What an instance does for its peers: the provider's own local operations."""
 
-    async def publish_here(self, component: str, msg: BrokerMessage) -> UnitResult:
+    def publish_here(self, component: str, msg: BrokerMessage) -> UnitResult | Awaitable[UnitResult]:
         """A component's publish to a target this instance holds."""
         ...
 
@@ -305,37 +305,46 @@ class Cluster:
 
     # -- answering the others -----------------------------------------------------------------
 
-    async def _on_mine(self, subject: str, reply: str, data: bytes) -> None:
+    def _on_mine(self, subject: str, reply: str, data: bytes) -> Awaitable[None] | None:
         parsed = fw.op_of(subject, self._prefix)
         if parsed is None:
             self._bad(subject, "an unknown subject")
-            return
+            return None
         _, op = parsed
         if op.startswith(fw.ANSWER):
             gather = self._gathers.get(op)
             if gather is not None:
                 gather(data)
-            return
+            return None
         if not reply:
             self._bad(subject, "no reply subject")
-            return
+            return None
         if op == fw.HEALTH:
             self._bus.publish(reply, self._local.health_here())
         elif op == fw.PUBLISH:
             message = self._parsed(fw.FORWARDED, UNIT_RESULT, "publish", subject, reply, data)
             if message is None:
-                return
-            result = await self._local.publish_here(
+                return None
+            result = self._local.publish_here(
                 message.component, BrokerMessage(message.subject, message.body, message.reply_to)
             )
-            self.stats.served += 1
-            self._bus.publish(reply, encode(UNIT_RESULT, result))
+            if isinstance(result, Awaitable):  # the subscription's next messages wait for it
+                return self._answer_later(result, reply)
+            self._answer(result, reply)
         elif op == fw.REQUEST:
             request = self._parsed(fw.FORWARDED_REQUEST, MESSAGE_RESULT, "request", subject, reply, data)
             if request is not None:
                 self._spawn(self._serve_request(request, reply))
         else:
             self._bad(subject, f"an unknown operation {op!r}")
+        return None
+
+    def _answer(self, result: UnitResult, reply: str) -> None:
+        self.stats.served += 1
+        self._bus.publish(reply, encode(UNIT_RESULT, result))
+
+    async def _answer_later(self, pending: Awaitable[UnitResult], reply: str) -> None:
+        self._answer(await pending, reply)
 
     async def _serve_request(self, request: fw.ForwardedRequest, reply: str) -> None:
         async with self._requests:
@@ -352,7 +361,7 @@ class Cluster:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _on_all(self, subject: str, reply: str, data: bytes) -> None:
+    def _on_all(self, subject: str, reply: str, data: bytes) -> None:
         parsed = fw.op_of(subject, self._prefix)
         op = parsed[1] if parsed else ""
         try:

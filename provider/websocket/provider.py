@@ -21,6 +21,7 @@ import collections
 import contextlib
 import json
 import logging
+from collections.abc import Awaitable
 from typing import assert_never
 
 from provider.errors import ConfigError
@@ -252,14 +253,26 @@ class WebSocketProvider:
 
     # -- from components ------------------------------------------------------------------------------
 
-    async def publish(self, link: Link, msg: BrokerMessage) -> UnitResult:
+    def publish(self, link: Link, msg: BrokerMessage) -> UnitResult | Awaitable[UnitResult]:
+        """A local session or a broadcast is answered at once; the rest (client mode, another
+        instance's session) returns an awaitable of the result."""
         self.counters.publishes += 1
-        result = await self._publish(self.links.get(link.key), link, msg)
+        result = self._publish(self.links.get(link.key), link, msg)
+        if isinstance(result, Awaitable):
+            return self._counted(result)
         if isinstance(result, Err):
             self.counters.publish_errors += 1
         return result
 
-    async def _publish(self, current: LinkObject | None, link: Link, msg: BrokerMessage) -> UnitResult:
+    async def _counted(self, pending: Awaitable[UnitResult]) -> UnitResult:
+        result: UnitResult = await pending
+        if isinstance(result, Err):
+            self.counters.publish_errors += 1
+        return result
+
+    def _publish(
+        self, current: LinkObject | None, link: Link, msg: BrokerMessage
+    ) -> UnitResult | Awaitable[UnitResult]:
         component = link.component_id
         target = parse_target(msg.subject)
         client = current if isinstance(current, ClientLink) else None
@@ -269,32 +282,42 @@ class WebSocketProvider:
             case ToConnection():
                 # A connection's reply subject works whatever the consumer link's mode: a component
                 # that receives from a client-mode handler link can always answer what it received.
-                elsewhere = await self._elsewhere(target.connection_id, component, msg)
-                return elsewhere or await self._to_connection(component, target, msg)
+                return self._to_connection_anywhere(component, target, msg)
             case Other():
                 if client is None:
                     return Err(f"{SERVER_PUBLISH_HELP}; got {msg.subject!r}")
-                holder = await self._holder(client)
-                if holder is not None and self.cluster is not None:
-                    # Another instance holds the connection (CONNECTIONS=one): send through it.
-                    raw = client.connection.settings.format is Format.RAW
-                    via = connection_subject(holder.connection_id, None if raw else msg.subject)
-                    return await self.cluster.forward(
-                        holder.tag, component, BrokerMessage(via, msg.body, msg.reply_to)
-                    )
-                return await self._send_on(client.connection, component, msg, msg.subject, None)
+                return self._to_client(client, component, msg)
             case Broadcast():
                 result = self._broadcast(component, msg)
                 if isinstance(result, Ok) and self.cluster is not None:
                     self.cluster.broadcast(component, msg)
                 return result
             case ToSession() | CloseSession():
-                elsewhere = await self._elsewhere(target.session_id, component, msg)
-                return elsewhere or self._to_session(component, target, msg)
+                if self._is_elsewhere(target.session_id):
+                    return self._forward(target.session_id, component, msg)
+                return self._to_session(component, target, msg)
             case ListSessions():
                 return Err(f"{SESSIONS!r} answers consumer.request, not publish")
             case _:
                 assert_never(target)
+
+    async def _to_connection_anywhere(
+        self, component: str, target: ToConnection, msg: BrokerMessage
+    ) -> UnitResult:
+        if self._is_elsewhere(target.connection_id):
+            return await self._forward(target.connection_id, component, msg)
+        return await self._to_connection(component, target, msg)
+
+    async def _to_client(self, client: ClientLink, component: str, msg: BrokerMessage) -> UnitResult:
+        holder = await self._holder(client)
+        if holder is not None and self.cluster is not None:
+            # Another instance holds the connection (CONNECTIONS=one): send through it.
+            raw = client.connection.settings.format is Format.RAW
+            via = connection_subject(holder.connection_id, None if raw else msg.subject)
+            return await self.cluster.forward(
+                holder.tag, component, BrokerMessage(via, msg.body, msg.reply_to)
+            )
+        return await self._send_on(client.connection, component, msg, msg.subject, None)
 
     async def _holder(self, client: ClientLink) -> Holder | None:
         """The other instance that holds ``client``'s connection, if one does; while an election is
@@ -311,24 +334,28 @@ class WebSocketProvider:
                         lease.changed.clear()
         return client.shared.holder
 
-    async def _elsewhere(self, some_id: str, component: str, msg: BrokerMessage) -> UnitResult | None:
-        """Forward ``msg`` to the instance that holds ``some_id``; ``None`` if it is this one's."""
+    def _is_elsewhere(self, some_id: str) -> bool:
+        """Whether another instance holds the session or connection ``some_id`` (its id says so)."""
         owner = tag_of(some_id)
-        if owner is None or owner == self.ids.tag or self.cluster is None:
-            return None
-        return await self.cluster.forward(owner, component, msg)
+        return owner is not None and owner != self.ids.tag and self.cluster is not None
+
+    async def _forward(self, some_id: str, component: str, msg: BrokerMessage) -> UnitResult:
+        """Forward ``msg`` to the instance that holds ``some_id``."""
+        assert self.cluster is not None  # _is_elsewhere said so
+        return await self.cluster.forward(tag_of(some_id) or "", component, msg)
 
     # -- what this instance does for the others (cluster.Local) -----------------------------------------
 
-    async def publish_here(self, component: str, msg: BrokerMessage) -> UnitResult:
-        """A publish forwarded by another instance: its target must be ours; checked as a local one."""
+    def publish_here(self, component: str, msg: BrokerMessage) -> UnitResult | Awaitable[UnitResult]:
+        """A publish forwarded by another instance: its target must be ours; checked as a local one.
+        A session is answered at once; a client connection may have to be waited for."""
         target = parse_target(msg.subject)
         result: UnitResult
         match target:
             case ToSession() | CloseSession() if self.ids.owns(target.session_id):
                 result = self._to_session(component, target, msg)
             case ToConnection() if self.ids.owns(target.connection_id):
-                result = await self._to_connection(component, target, msg)
+                return self._counted(self._to_connection(component, target, msg))
             case _:
                 result = Err(f"{msg.subject!r} is not held by provider instance {self.ids.tag}")
         if isinstance(result, Err):

@@ -18,6 +18,9 @@ nothing flushes per call — nats-py's flusher writes everything published in on
 of the event loop at once. Only :func:`ensure_active` flushes, once, when a
 subscription must be live before others are told it exists.
 
+A handler that returns its results at once (rather than an awaitable) is answered where its
+call became whole, with no task; one that returns an awaitable is awaited in a task.
+
 A served function holds a handler slot only while its handler runs: a call whose params
 are still arriving waits in an inbox route, bounded in number, bytes and time
 (:class:`~provider.wrpc.call.ServeLimits`), and whatever is over a limit is answered at
@@ -27,11 +30,12 @@ once with the empty result stream, counted and logged (rate-limited).
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -74,7 +78,10 @@ UNROUTED = "unrouted"
 """Drop reason: a message on this transport's inbox for no call it has."""
 
 Headers = Mapping[str, str]
-Handler = Callable[[P, Headers], Awaitable[R]]
+Handler = Callable[[P, Headers], R | Awaitable[R]]
+"""A served function: its results, or an awaitable of them when it has to wait for something.
+Returning the results directly (a publish to a local session) answers the call at once,
+from the connection's reader, with no task: in the same write as its handshake."""
 
 
 async def ensure_active(nc: NatsConnection) -> None:
@@ -367,7 +374,7 @@ class Served(Generic[P, R]):
         if call.needs_params and not self.closed:
             refusal = self._admission.start_awaiting(call.size)
             if refusal is None:
-                self._track(asyncio.create_task(self._receive_params(call)), handler=False)
+                self._track(asyncio.create_task(self._receive_params(call)))
                 return
             call.accept(self._inbox.reserve())
             call.reject(Overloaded(refusal))
@@ -448,9 +455,9 @@ class Served(Generic[P, R]):
 
     # -- tasks ---------------------------------------------------------------------------------
 
-    def _track(self, task: asyncio.Task[None], *, handler: bool) -> None:
+    def _track(self, task: asyncio.Task[None]) -> None:
         self._tasks.add(task)
-        task.add_done_callback(self._handler_done if handler else self._receiver_done)
+        task.add_done_callback(self._receiver_done)
 
     async def _receive_params(self, call: ServedCall[P, R]) -> None:
         """Route ``Rs.params`` to ``call`` until its params are whole, refused or too late."""
@@ -476,32 +483,63 @@ class Served(Generic[P, R]):
         if not task.cancelled() and task.exception() is not None:
             log.error("%s: receiving params failed: %s", self.subject, task.exception())
 
-    def _run(self, call: ServedCall[P, R]) -> None:
-        self._track(asyncio.create_task(self._call_handler(call)), handler=True)
+    def _run(self, call: ServedCall[P, R] | None) -> None:
+        """Run the handler of ``call`` (which holds a slot). Results returned at once are sent at
+        once, and the slot goes to the next queued call; an awaitable is awaited in a task."""
+        while call is not None:
+            try:
+                results = self._handler(call.params, parse_headers(call.headers))
+            except Exception as exc:
+                self._trap(call, exc)
+            else:
+                if isinstance(results, Awaitable):
+                    task = asyncio.create_task(self._awaited(call, results))
+                    self._tasks.add(task)
+                    task.add_done_callback(functools.partial(self._handler_done, call, results))
+                    return
+                self._answer(call, results)
+            call = self._admission.finished()
 
-    async def _call_handler(self, call: ServedCall[P, R]) -> None:
-        stats = self._stats
+    async def _awaited(self, call: ServedCall[P, R], pending: Awaitable[R]) -> None:
         try:
-            results = await self._handler(call.params, parse_headers(call.headers))
-            call.send_results(results)
-            stats.served += 1
-        except ProviderError as exc:  # a failure we know (a component trapped…): no traceback
-            stats.handler_failures += 1
-            log.warning("%s: %s; the caller gets no results (a trap)", self.subject, exc)
-        except Exception:
-            stats.handler_failures += 1
-            log.exception("%s: the handler failed; the caller gets no results (a trap)", self.subject)
-        finally:
-            call.trap()  # end of stream alone, unless the results went out
-            self._send(call)
+            results = await pending
+        except Exception as exc:
+            self._trap(call, exc)
+        else:
+            self._answer(call, results)
 
-    def _handler_done(self, task: asyncio.Task[None]) -> None:
+    def _answer(self, call: ServedCall[P, R], results: R) -> None:
+        """Send the handler's results (a trap if they do not encode)."""
+        try:
+            call.send_results(results)
+        except Exception as exc:
+            self._trap(call, exc)
+            return
+        self._stats.served += 1
+        self._send(call)
+
+    def _trap(self, call: ServedCall[P, R], exc: Exception) -> None:
+        """The handler failed: its caller gets only the end of the result stream (spec §3.4)."""
+        self._stats.handler_failures += 1
+        if isinstance(exc, ProviderError):  # a failure we know (a component trapped…): no traceback
+            log.warning("%s: %s; the caller gets no results (a trap)", self.subject, exc)
+        else:
+            log.error(
+                "%s: the handler failed; the caller gets no results (a trap)", self.subject, exc_info=exc
+            )
+        call.trap()
+        self._send(call)
+
+    def _handler_done(self, call: ServedCall[P, R], pending: Awaitable[R], task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
+        if task.cancelled():  # the function stops being served
+            if isinstance(pending, Coroutine):
+                pending.close()  # never started if cancelled at once: no "never awaited" warning
+            call.trap()  # the caller gets the end of stream (nothing, if it was answered)
+            self._send(call)
+        elif task.exception() is not None:
             log.error("%s: serving a call failed: %s", self.subject, task.exception())
-        following = self._admission.finished()
-        if following is not None:
-            self._run(following)
+        self._run(self._admission.finished())
 
 
 class _ParamsRoute(Generic[P, R]):
