@@ -27,6 +27,9 @@ import msgpack
 from provider.errors import ProviderError
 from provider.websocket.subjects import ERROR, FrameType
 
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+"""One encoder for every frame (``json.dumps`` with options builds a new one per call)."""
+
 Frame = str | bytes
 """A WebSocket message: ``str`` is a text frame, ``bytes`` a binary frame."""
 
@@ -90,7 +93,7 @@ def encode(fmt: Format, envelope: Envelope, frame_type: FrameType | None = None)
             obj["body_base64"] = base64.b64encode(envelope.body).decode("ascii")
         if envelope.reply_to is not None:
             obj["reply_to"] = envelope.reply_to
-        return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+        return _JSON.encode(obj)
     packed: bytes = msgpack.packb(
         {"subject": envelope.subject, "body": envelope.body, "reply_to": envelope.reply_to},
         use_bin_type=True,

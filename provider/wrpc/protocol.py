@@ -7,8 +7,10 @@ header blocks only where someone reads them, is what makes a wRPC call cheap in 
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
+from types import MappingProxyType
 
 _HEADER_LINE = b"NATS/1.0"
 _CRLF = b"\r\n"
@@ -31,8 +33,13 @@ def header_block(headers: Mapping[str, str]) -> bytes:
     value that would break the block (a bad key character, CR or LF in a value)."""
     if not headers:
         return b""
+    return _header_block(tuple(headers.items()))
+
+
+@functools.lru_cache(maxsize=1024)  # a link's calls carry the same few headers, call after call
+def _header_block(items: tuple[tuple[str, str], ...]) -> bytes:
     lines = [_HEADER_LINE]
-    for key, value in headers.items():
+    for key, value in items:
         if not _KEY.fullmatch(key):
             raise ValueError(f"invalid NATS header name {key!r}")
         if "\r" in value or "\n" in value:
@@ -61,14 +68,33 @@ def status_of(headers: bytes | None) -> tuple[str | None, str]:
     return (code or None), description.strip()
 
 
-def parse_headers(headers: bytes | None) -> dict[str, str]:
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+
+
+def parse_headers(headers: bytes | None) -> Mapping[str, str]:
     """The ``key: value`` fields of a header block (the status line skipped); the last of a
-    repeated key wins."""
+    repeated key wins. Read-only: the same block (one caller's calls) gives the same mapping."""
     if not headers:
-        return {}
+        return _NO_HEADERS
+    if len(headers) <= _CACHED_BLOCK:
+        return _parse_cached(headers)
+    return _parse_headers(headers)
+
+
+_CACHED_BLOCK = 512
+"""Header blocks up to this size are remembered (1,024 of them): a hostile peer's blocks hold at
+most 512 KiB that way."""
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_cached(headers: bytes) -> Mapping[str, str]:
+    return _parse_headers(headers)
+
+
+def _parse_headers(headers: bytes) -> Mapping[str, str]:
     fields: dict[str, str] = {}
     for line in headers.split(_CRLF)[1:]:
         key, sep, value = line.partition(b":")
         if sep:
             fields[key.strip().decode(errors="replace")] = value.strip().decode(errors="replace")
-    return fields
+    return MappingProxyType(fields)

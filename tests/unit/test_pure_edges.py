@@ -263,3 +263,20 @@ def test_wrpc_subjects_and_chunks() -> None:
     assert list(chunks(b"", 2)) == []
     with pytest.raises(ValueError, match="positive"):
         list(chunks(b"x", 0))
+
+
+def test_parsed_header_blocks_are_read_only_and_large_ones_are_not_remembered() -> None:
+    """parse_headers remembers small blocks (one caller's calls repeat theirs), never a large one:
+    distinct hostile blocks of 1 KiB each leave the cache as it was; what it returns is read-only."""
+    from provider.wrpc import protocol
+
+    small = protocol.parse_headers(b"NATS/1.0\r\nsource-id: a\r\n\r\n")
+    assert small == {"source-id": "a"}
+    assert protocol.parse_headers(b"NATS/1.0\r\nsource-id: a\r\n\r\n") is small
+    with pytest.raises(TypeError):
+        small["source-id"] = "b"  # type: ignore[index]
+    before = protocol._parse_cached.cache_info().currsize
+    for i in range(2000):
+        block = b"NATS/1.0\r\nk: " + str(i).encode() + b"x" * 1024 + b"\r\n\r\n"
+        assert protocol.parse_headers(block)["k"].startswith(str(i))
+    assert protocol._parse_cached.cache_info().currsize == before
