@@ -7,10 +7,11 @@
   ``mmap`` threshold (128 KiB, and its dynamic adjustment never catches up, since what is
   freed is the shrunk buffer), so every read costs ``mmap`` + ``mremap`` + ``munmap``, page
   faults on fresh pages and, with more than one thread, a TLB shootdown across CPUs: about
-  18 µs a read on a 2-core VM against 4 µs from the heap (``make bench`` shows the
-  provider's CPU per echo; the README has the figures). Raising the threshold to 1 MiB (and
-  the heap's trim threshold to 2 MiB, so the freed buffer is not handed back at once) keeps
-  those buffers on the heap. A no-op where the C library has no ``mallopt`` (musl).
+  18 µs a read on a 2-core VM against 4 µs from the heap. Blocks up to 8 MiB come from the
+  heap instead, and up to 32 MiB of freed memory at its top is kept for reuse rather than
+  handed back at once (so 1 MiB frames, each a few MiB of buffers, reuse pages too): the
+  price is that much memory kept after a burst of large frames (measured: 43 instead of
+  38 MiB resident after 1 MiB echoes). A no-op where the C library has no ``mallopt`` (musl).
 * :func:`reuse_freed_memory`: the local host's stronger setting for its large ``list<u8>``
   values (no ``mmap`` at all, one arena, up to 512 MiB of freed memory kept for reuse).
 """
@@ -27,9 +28,9 @@ MAX_OPEN_FILES = 1 << 20
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -3, -4, -8
 """glibc's ``mallopt`` parameters (``<malloc.h>``)."""
-MMAP_THRESHOLD = 1 << 20
+MMAP_THRESHOLD = 8 << 20
 """Allocations from this size up are mapped on their own; smaller ones come from the heap."""
-TRIM_THRESHOLD = 2 << 20
+TRIM_THRESHOLD = 32 << 20
 """Free memory at the top of the heap beyond this is returned to the system."""
 MALLOC_KEEP = 512 << 20
 """Bytes of freed memory :func:`reuse_freed_memory` lets glibc keep for reuse (M_TRIM_THRESHOLD)."""
