@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -20,6 +20,7 @@ from provider.errors import (
     TransportClosed,
 )
 from provider.host.nats_server import NatsServer
+from provider.wrpc.call import ServeLimits
 from provider.wrpc.codec import Err, Ok, decode, encode
 from provider.wrpc.connection import connect as connect_nats
 from provider.wrpc.messaging import (
@@ -274,6 +275,45 @@ async def test_handler_that_raises_gives_incomplete_results_and_serving_goes_on(
     assert await caller.invoke(PREFIX, PUBLISH, BrokerMessage("fine", b"", None)) == Ok(None)
     assert served.stats.handler_failures == 1
     assert "handler exploded" in caplog.text
+
+
+async def test_a_handler_may_answer_at_once_wait_or_raise_at_once(
+    pair: tuple[WrpcTransport, WrpcTransport], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A plain function's results are sent from the reader, with no task; an awaitable it
+    returns is awaited; raising before returning anything is a trap like any other; calls
+    queued behind answers given at once all run (the slot passes on without a task)."""
+    caller, callee = pair
+    tasks_seen: list[str] = []
+
+    def handler(msg: BrokerMessage, headers: Headers) -> UnitResult | Awaitable[UnitResult]:
+        if msg.subject == "boom":
+            raise RuntimeError("raised at once")
+        if msg.subject == "later":
+
+            async def later() -> UnitResult:
+                await asyncio.sleep(0.01)
+                return Err("answered later")
+
+            return later()
+        task = asyncio.current_task()  # answered in the connection's reader: no task of its own
+        tasks_seen.append(task.get_coro().__qualname__ if task else "")
+        return Ok(None)
+
+    served = await callee.serve(PREFIX, PUBLISH, handler, limits=ServeLimits(max_in_flight=1))
+    assert await caller.invoke(PREFIX, PUBLISH, BrokerMessage("now", b"", None)) == Ok(None)
+    assert tasks_seen == ["Client._read_loop"]
+    assert await caller.invoke(PREFIX, PUBLISH, BrokerMessage("later", b"", None)) == Err("answered later")
+    with pytest.raises(IncompleteResults, match="trapped"):
+        await caller.invoke(PREFIX, PUBLISH, BrokerMessage("boom", b"", None))
+    assert "raised at once" in caplog.text
+    results = await asyncio.gather(
+        *(caller.invoke(PREFIX, PUBLISH, BrokerMessage(s, b"", None)) for s in ["later", "now"] * 20)
+    )
+    assert results == [Err("answered later"), Ok(None)] * 20
+    assert served.stats.served == 42
+    assert served.stats.handler_failures == 1
+    assert served.stats.in_flight == 0
 
 
 async def raw_caller(connect: Connect, server: NatsServer) -> tuple[NatsClient, str, asyncio.Queue[Msg]]:
