@@ -297,7 +297,7 @@ async def test_a_handler_may_answer_at_once_wait_or_raise_at_once(
 
             return later()
         task = asyncio.current_task()  # answered in the connection's reader: no task of its own
-        tasks_seen.append(task.get_coro().__qualname__ if task else "")
+        tasks_seen.append(getattr(task.get_coro(), "__qualname__", "") if task else "")
         return Ok(None)
 
     served = await callee.serve(PREFIX, PUBLISH, handler, limits=ServeLimits(max_in_flight=1))
