@@ -36,6 +36,8 @@ log = logging.getLogger("provider.bus")
 
 BACKLOG = 10_000
 """Messages a subscription holds while its handler waits; past it they are dropped and counted."""
+BACKLOG_BYTES = 64 << 20
+"""Payload bytes a subscription holds while its handler waits; past it likewise."""
 BACKLOG_FULL = "backlog_full"
 """Drop reason: a lattice subscription's backlog was full."""
 
@@ -49,6 +51,7 @@ class _InOrder:
         self._subject = subject
         self._handler = handler
         self._backlog: collections.deque[tuple[str, str, bytes]] = collections.deque()
+        self._held = 0  # payload bytes in the backlog
         self._draining: asyncio.Task[None] | None = None
         self.sub: Subscription | None = None
 
@@ -62,10 +65,13 @@ class _InOrder:
         if answer is None:
             return  # dropped and counted by reply_of
         if self._draining is not None:
-            if len(self._backlog) >= BACKLOG:
-                self._nc.drop(BACKLOG_FULL, subject, f"{BACKLOG} messages wait for a handler already")
+            if len(self._backlog) >= BACKLOG or self._held + len(data) > BACKLOG_BYTES:
+                self._nc.drop(
+                    BACKLOG_FULL, subject, f"{len(self._backlog)} messages ({self._held} bytes) wait already"
+                )
                 return
             self._backlog.append((text, answer, data))
+            self._held += len(data)
             return
         pending = self._handle(text, answer, data)
         if pending is not None:
@@ -86,7 +92,11 @@ class _InOrder:
                         await pending
                     except Exception:
                         log.exception("%s: handling a message failed", self._subject)
-                pending = self._handle(*self._backlog.popleft()) if self._backlog else None
+                pending = None
+                if self._backlog:
+                    subject, reply, data = self._backlog.popleft()
+                    self._held -= len(data)
+                    pending = self._handle(subject, reply, data)
         finally:
             self._draining = None
 
@@ -96,6 +106,7 @@ class _InOrder:
             with contextlib.suppress(nats.errors.ConnectionClosedError, nats.errors.BadSubscriptionError):
                 await self._nc.unsubscribe_direct(sub)  # closing anyway
         self._backlog.clear()
+        self._held = 0
         if self._draining is not None:
             self._draining.cancel()
 

@@ -90,3 +90,33 @@ async def test_the_backlog_is_bounded_and_bad_subjects_are_dropped() -> None:
     assert handled[1:3] == ["x.0", "x.1"]
     assert handled[-1] == f"x.{bus.BACKLOG - 1}"
     await ordered.unsubscribe()
+
+
+async def test_the_backlog_is_bounded_in_bytes_too() -> None:
+    """Large messages behind a waiting handler are held up to BACKLOG_BYTES, not 10,000 of them."""
+    gate = asyncio.Event()
+    sizes: list[int] = []
+
+    async def hold() -> None:
+        await gate.wait()
+
+    def handler(subject: str, reply: str, data: bytes) -> asyncio.Future[None] | None:
+        sizes.append(len(data))
+        return asyncio.ensure_future(hold()) if subject == "x.first" else None
+
+    nc = Connection()
+    ordered = bus._InOrder(nc, "x.>", handler)  # type: ignore[arg-type]
+    ordered.on_message(b"x.first", b"", b"", None)
+    big = b"\0" * (1 << 20)
+    for _ in range(100):
+        ordered.on_message(b"x.big", b"", big, None)
+    kept = bus.BACKLOG_BYTES // len(big)
+    assert nc.drops[bus.BACKLOG_FULL] == 100 - kept
+    draining = ordered._draining
+    assert draining is not None
+    gate.set()
+    async with asyncio.timeout(5):
+        await draining
+    assert sizes == [0] + [len(big)] * kept
+    ordered.on_message(b"x.big", b"", big, None)  # room again
+    assert len(sizes) == kept + 2
