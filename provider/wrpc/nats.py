@@ -387,10 +387,13 @@ class Served(Generic[P, R]):
         self._advance(call)
 
     def _advance(self, call: ServedCall[P, R]) -> None:
-        """Publish what ``call`` has to send and act on what happened to it, until it rests."""
-        self._send(call)
+        """Act on what happened to ``call``, then publish what it has to send, until it rests.
+
+        Acting first matters: a handler that waits gets its task scheduled before the handshake
+        wakes nats-py's flusher, so what the handler publishes in its first step (a component's
+        own call) leaves in the same write as the handshake, a turn of the event loop sooner."""
         events = call.events_received()
-        while events:
+        while True:
             for event in events:
                 if isinstance(event, Completed):
                     self._admit(call)
@@ -398,6 +401,8 @@ class Served(Generic[P, R]):
                     self._failed(call, event.error)
             self._send(call)
             events = call.events_received()
+            if not events:
+                return
 
     def _admit(self, call: ServedCall[P, R]) -> None:
         verdict = self._admission.admit(call, call.size)

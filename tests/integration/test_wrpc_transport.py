@@ -25,6 +25,7 @@ from provider.wrpc.codec import Err, Ok, decode, encode
 from provider.wrpc.connection import connect as connect_nats
 from provider.wrpc.messaging import (
     BROKER_MESSAGE,
+    HANDLE_MESSAGE,
     MESSAGE_RESULT,
     PUBLISH,
     REQUEST,
@@ -314,6 +315,37 @@ async def test_a_handler_may_answer_at_once_wait_or_raise_at_once(
     assert served.stats.served == 42
     assert served.stats.handler_failures == 1
     assert served.stats.in_flight == 0
+
+
+async def test_a_handler_s_own_call_leaves_in_the_same_write_as_its_handshake(
+    pair: tuple[WrpcTransport, WrpcTransport], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A served handler that calls out (a component answering a delivery with a publish) starts
+    before the handshake is flushed: handshake and its own invocation go in one write."""
+    caller, callee = pair
+    await caller.serve("default.back", PUBLISH, accept_publish)
+
+    async def handle(msg: BrokerMessage, headers: Headers) -> UnitResult:
+        result: UnitResult = await callee.invoke("default.back", PUBLISH, msg)
+        return result
+
+    await callee.serve(PREFIX, HANDLE_MESSAGE, handle)
+    transport = callee.nats._transport
+    assert transport is not None
+    writes: list[list[bytes]] = []
+    write = transport.writelines
+
+    def counted(lines: list[bytes]) -> None:
+        writes.append(list(lines))
+        write(lines)
+
+    monkeypatch.setattr(transport, "writelines", counted)
+    for _ in range(3):
+        writes.clear()
+        assert await caller.invoke(PREFIX, HANDLE_MESSAGE, BrokerMessage("ok", b"x", None)) == Ok(None)
+        first = b"".join(writes[0])
+        assert first.count(b"PUB ") >= 2, writes  # the handshake and the handler's own invocation
+        assert b"default.back" in first
 
 
 async def raw_caller(connect: Connect, server: NatsServer) -> tuple[NatsClient, str, asyncio.Queue[Msg]]:
