@@ -27,6 +27,20 @@ class Connection:
             return None
 
 
+class HeldFirst:
+    """A handler that records each message and makes the one on ``x.first`` wait for :attr:`gate`."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.subjects: list[str] = []
+        self.sizes: list[int] = []
+
+    def __call__(self, subject: str, reply: str, data: bytes) -> asyncio.Future[None] | None:
+        self.subjects.append(subject)
+        self.sizes.append(len(data))
+        return asyncio.ensure_future(self.gate.wait()) if subject == "x.first" else None  # type: ignore[arg-type]
+
+
 async def test_messages_are_handled_in_order_and_a_waiting_handler_holds_the_rest_back() -> None:
     seen: list[str] = []
     gate = asyncio.Event()
@@ -61,15 +75,8 @@ async def test_messages_are_handled_in_order_and_a_waiting_handler_holds_the_res
 
 
 async def test_the_backlog_is_bounded_and_bad_subjects_are_dropped() -> None:
-    gate = asyncio.Event()
-    handled: list[str] = []
-
-    async def hold() -> None:
-        await gate.wait()
-
-    def handler(subject: str, reply: str, data: bytes) -> asyncio.Future[None] | None:
-        handled.append(subject)
-        return asyncio.ensure_future(hold()) if subject == "x.first" else None
+    handler = HeldFirst()
+    gate, handled = handler.gate, handler.subjects
 
     nc = Connection()
     ordered = bus._InOrder(nc, "x.>", handler)  # type: ignore[arg-type]
@@ -94,15 +101,8 @@ async def test_the_backlog_is_bounded_and_bad_subjects_are_dropped() -> None:
 
 async def test_the_backlog_is_bounded_in_bytes_too() -> None:
     """Large messages behind a waiting handler are held up to BACKLOG_BYTES, not 10,000 of them."""
-    gate = asyncio.Event()
-    sizes: list[int] = []
-
-    async def hold() -> None:
-        await gate.wait()
-
-    def handler(subject: str, reply: str, data: bytes) -> asyncio.Future[None] | None:
-        sizes.append(len(data))
-        return asyncio.ensure_future(hold()) if subject == "x.first" else None
+    handler = HeldFirst()
+    gate, sizes = handler.gate, handler.sizes
 
     nc = Connection()
     ordered = bus._InOrder(nc, "x.>", handler)  # type: ignore[arg-type]
