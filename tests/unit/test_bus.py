@@ -41,6 +41,15 @@ class HeldFirst:
         return asyncio.ensure_future(self.gate.wait()) if subject == "x.first" else None  # type: ignore[arg-type]
 
 
+async def release(ordered: bus._InOrder, gate: asyncio.Event) -> None:
+    """Let the waiting handler finish and wait until the backlog behind it is handled."""
+    draining = ordered._draining
+    assert draining is not None
+    gate.set()
+    async with asyncio.timeout(5):
+        await draining
+
+
 async def test_messages_are_handled_in_order_and_a_waiting_handler_holds_the_rest_back() -> None:
     seen: list[str] = []
     gate = asyncio.Event()
@@ -64,11 +73,7 @@ async def test_messages_are_handled_in_order_and_a_waiting_handler_holds_the_res
     ordered.on_message(b"x.4", b"", b"now", None)
     await asyncio.sleep(0)
     assert seen == ["x.1"]  # x.3 and x.4 wait behind x.2
-    draining = ordered._draining
-    assert draining is not None
-    gate.set()
-    async with asyncio.timeout(5):
-        await draining
+    await release(ordered, gate)
     assert seen == ["x.1", "x.2", "x.3", "x.4"]
     ordered.on_message(b"x.5", b"", b"now", None)
     assert seen[-1] == "x.5"  # at once again
@@ -77,7 +82,6 @@ async def test_messages_are_handled_in_order_and_a_waiting_handler_holds_the_res
 async def test_the_backlog_is_bounded_and_bad_subjects_are_dropped() -> None:
     handler = HeldFirst()
     gate, handled = handler.gate, handler.subjects
-
     nc = Connection()
     ordered = bus._InOrder(nc, "x.>", handler)  # type: ignore[arg-type]
     ordered.on_message(b"x.\xff", b"", b"", None)
@@ -88,11 +92,7 @@ async def test_the_backlog_is_bounded_and_bad_subjects_are_dropped() -> None:
     for i in range(bus.BACKLOG + 50):
         ordered.on_message(b"x.%d" % i, b"", b"", None)
     assert nc.drops[bus.BACKLOG_FULL] == 50
-    draining = ordered._draining
-    assert draining is not None
-    gate.set()
-    async with asyncio.timeout(5):
-        await draining
+    await release(ordered, gate)
     assert len(handled) == 1 + bus.BACKLOG
     assert handled[1:3] == ["x.0", "x.1"]
     assert handled[-1] == f"x.{bus.BACKLOG - 1}"
@@ -103,7 +103,6 @@ async def test_the_backlog_is_bounded_in_bytes_too() -> None:
     """Large messages behind a waiting handler are held up to BACKLOG_BYTES, not 10,000 of them."""
     handler = HeldFirst()
     gate, sizes = handler.gate, handler.sizes
-
     nc = Connection()
     ordered = bus._InOrder(nc, "x.>", handler)  # type: ignore[arg-type]
     ordered.on_message(b"x.first", b"", b"", None)
@@ -112,11 +111,7 @@ async def test_the_backlog_is_bounded_in_bytes_too() -> None:
         ordered.on_message(b"x.big", b"", big, None)
     kept = bus.BACKLOG_BYTES // len(big)
     assert nc.drops[bus.BACKLOG_FULL] == 100 - kept
-    draining = ordered._draining
-    assert draining is not None
-    gate.set()
-    async with asyncio.timeout(5):
-        await draining
+    await release(ordered, gate)
     assert sizes == [0] + [len(big)] * kept
     ordered.on_message(b"x.big", b"", big, None)  # room again
     assert len(sizes) == kept + 2
