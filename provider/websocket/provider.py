@@ -257,14 +257,17 @@ class WebSocketProvider:
         """A local session or a broadcast is answered at once; the rest (client mode, another
         instance's session) returns an awaitable of the result."""
         self.counters.publishes += 1
-        result = self._publish(self.links.get(link.key), link, msg)
+        return self._counted(self._publish(self.links.get(link.key), link, msg))
+
+    def _counted(self, result: UnitResult | Awaitable[UnitResult]) -> UnitResult | Awaitable[UnitResult]:
+        """``result`` as it is, its ``err`` counted (once it comes, if it is still on its way)."""
         if isinstance(result, Awaitable):
-            return self._counted(result)
+            return self._counted_later(result)
         if isinstance(result, Err):
             self.counters.publish_errors += 1
         return result
 
-    async def _counted(self, pending: Awaitable[UnitResult]) -> UnitResult:
+    async def _counted_later(self, pending: Awaitable[UnitResult]) -> UnitResult:
         result: UnitResult = await pending
         if isinstance(result, Err):
             self.counters.publish_errors += 1
@@ -282,7 +285,9 @@ class WebSocketProvider:
             case ToConnection():
                 # A connection's reply subject works whatever the consumer link's mode: a component
                 # that receives from a client-mode handler link can always answer what it received.
-                return self._to_connection_anywhere(component, target, msg)
+                return self._forwarded(target.connection_id, component, msg) or self._to_connection(
+                    component, target, msg
+                )
             case Other():
                 if client is None:
                     return Err(f"{SERVER_PUBLISH_HELP}; got {msg.subject!r}")
@@ -293,20 +298,13 @@ class WebSocketProvider:
                     self.cluster.broadcast(component, msg)
                 return result
             case ToSession() | CloseSession():
-                if self._is_elsewhere(target.session_id):
-                    return self._forward(target.session_id, component, msg)
-                return self._to_session(component, target, msg)
+                return self._forwarded(target.session_id, component, msg) or self._to_session(
+                    component, target, msg
+                )
             case ListSessions():
                 return Err(f"{SESSIONS!r} answers consumer.request, not publish")
             case _:
                 assert_never(target)
-
-    async def _to_connection_anywhere(
-        self, component: str, target: ToConnection, msg: BrokerMessage
-    ) -> UnitResult:
-        if self._is_elsewhere(target.connection_id):
-            return await self._forward(target.connection_id, component, msg)
-        return await self._to_connection(component, target, msg)
 
     async def _to_client(self, client: ClientLink, component: str, msg: BrokerMessage) -> UnitResult:
         holder = await self._holder(client)
@@ -334,15 +332,13 @@ class WebSocketProvider:
                         lease.changed.clear()
         return client.shared.holder
 
-    def _is_elsewhere(self, some_id: str) -> bool:
-        """Whether another instance holds the session or connection ``some_id`` (its id says so)."""
+    def _forwarded(self, some_id: str, component: str, msg: BrokerMessage) -> Awaitable[UnitResult] | None:
+        """``msg`` forwarded to the other instance that holds ``some_id`` (its id says which);
+        ``None`` if this one holds it."""
         owner = tag_of(some_id)
-        return owner is not None and owner != self.ids.tag and self.cluster is not None
-
-    async def _forward(self, some_id: str, component: str, msg: BrokerMessage) -> UnitResult:
-        """Forward ``msg`` to the instance that holds ``some_id``."""
-        assert self.cluster is not None  # _is_elsewhere said so
-        return await self.cluster.forward(tag_of(some_id) or "", component, msg)
+        if owner is None or owner == self.ids.tag or self.cluster is None:
+            return None
+        return self.cluster.forward(owner, component, msg)
 
     # -- what this instance does for the others (cluster.Local) -----------------------------------------
 
@@ -350,17 +346,15 @@ class WebSocketProvider:
         """A publish forwarded by another instance: its target must be ours; checked as a local one.
         A session is answered at once; a client connection may have to be waited for."""
         target = parse_target(msg.subject)
-        result: UnitResult
+        result: UnitResult | Awaitable[UnitResult]
         match target:
             case ToSession() | CloseSession() if self.ids.owns(target.session_id):
                 result = self._to_session(component, target, msg)
             case ToConnection() if self.ids.owns(target.connection_id):
-                return self._counted(self._to_connection(component, target, msg))
+                result = self._to_connection(component, target, msg)
             case _:
                 result = Err(f"{msg.subject!r} is not held by provider instance {self.ids.tag}")
-        if isinstance(result, Err):
-            self.counters.publish_errors += 1
-        return result
+        return self._counted(result)
 
     async def request_here(self, component: str, connection: str, params: RequestParams) -> MessageResult:
         owned = self._owned_connection(connection, component)
