@@ -8,6 +8,7 @@ import asyncio
 from collections import Counter
 
 from provider.wasmcloud import bus
+from provider.wasmcloud.capability import BusHandler
 
 
 class Connection:
@@ -25,6 +26,12 @@ class Connection:
         except UnicodeDecodeError:
             self.drop("not_utf8", subject, "reply")
             return None
+
+
+def subscribed(handler: BusHandler) -> tuple[bus._InOrder, Connection]:
+    """A subscription on ``x.>`` delivering to ``handler``, and the stand-in connection it reads."""
+    nc = Connection()
+    return bus._InOrder(nc, "x.>", handler), nc  # type: ignore[arg-type]
 
 
 class HeldFirst:
@@ -64,8 +71,7 @@ async def test_messages_are_handled_in_order_and_a_waiting_handler_holds_the_res
         seen.append(subject)
         return None
 
-    nc = Connection()
-    ordered = bus._InOrder(nc, "x.>", handler)  # type: ignore[arg-type]
+    ordered, _ = subscribed(handler)
     ordered.on_message(b"x.1", b"", b"now", None)
     assert seen == ["x.1"]  # handled where it was read
     ordered.on_message(b"x.2", b"", b"wait", None)
@@ -82,8 +88,7 @@ async def test_messages_are_handled_in_order_and_a_waiting_handler_holds_the_res
 async def test_the_backlog_is_bounded_and_bad_subjects_are_dropped() -> None:
     handler = HeldFirst()
     gate, handled = handler.gate, handler.subjects
-    nc = Connection()
-    ordered = bus._InOrder(nc, "x.>", handler)  # type: ignore[arg-type]
+    ordered, nc = subscribed(handler)
     ordered.on_message(b"x.\xff", b"", b"", None)
     ordered.on_message(b"x.ok", b"r.\xff", b"", None)
     assert nc.drops["not_utf8"] == 2
@@ -103,8 +108,7 @@ async def test_the_backlog_is_bounded_in_bytes_too() -> None:
     """Large messages behind a waiting handler are held up to BACKLOG_BYTES, not 10,000 of them."""
     handler = HeldFirst()
     gate, sizes = handler.gate, handler.sizes
-    nc = Connection()
-    ordered = bus._InOrder(nc, "x.>", handler)  # type: ignore[arg-type]
+    ordered, nc = subscribed(handler)
     ordered.on_message(b"x.first", b"", b"", None)
     big = b"\0" * (1 << 20)
     for _ in range(100):
