@@ -374,7 +374,7 @@ class Served(Generic[P, R]):
         if call.needs_params and not self.closed:
             refusal = self._admission.start_awaiting(call.size)
             if refusal is None:
-                self._track(asyncio.create_task(self._receive_params(call)))
+                self._track(asyncio.create_task(self._receive_params(call)), self._receiver_done)
                 return
             call.accept(self._inbox.reserve())
             call.reject(Overloaded(refusal))
@@ -460,9 +460,10 @@ class Served(Generic[P, R]):
 
     # -- tasks ---------------------------------------------------------------------------------
 
-    def _track(self, task: asyncio.Task[None]) -> None:
+    def _track(self, task: asyncio.Task[None], done: Callable[[asyncio.Task[None]], None]) -> None:
+        """Keep ``task`` until it is done (``close`` cancels what is left), then call ``done``."""
         self._tasks.add(task)
-        task.add_done_callback(self._receiver_done)
+        task.add_done_callback(done)
 
     async def _receive_params(self, call: ServedCall[P, R]) -> None:
         """Route ``Rs.params`` to ``call`` until its params are whole, refused or too late."""
@@ -499,8 +500,7 @@ class Served(Generic[P, R]):
             else:
                 if isinstance(results, Awaitable):
                     task = asyncio.create_task(self._awaited(call, results))
-                    self._tasks.add(task)
-                    task.add_done_callback(functools.partial(self._handler_done, call, results))
+                    self._track(task, functools.partial(self._handler_done, call, results))
                     return
                 self._answer(call, results)
             call = self._admission.finished()
