@@ -20,10 +20,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from provider import process
 from provider.bridge.bridge import Bridge
 from provider.bridge.config import USAGE, BridgeSettings, HelpRequested, parse_command_line
 from provider.errors import ConfigError, ProviderError
-from provider.process import MMAP_THRESHOLD, keep_read_buffers_on_the_heap, raise_open_file_limit
 from provider.wasmcloud import logs, telemetry
 from provider.wasmcloud.hostdata import HostData, decode_host_data
 from provider.wasmcloud.observability import parse_observability
@@ -100,8 +100,7 @@ def bridge_main(argv: list[str]) -> None:
         print(f"wasmcloud-ws-provider bridge: {exc}", file=sys.stderr)
         sys.exit(2)
     logs.configure(settings.log_level, structured=settings.json_logs)
-    raise_open_file_limit()
-    keep_read_buffers_on_the_heap()
+    process.prepare()
     try:
         asyncio.run(serve_bridge(settings))
     except ConfigError as exc:  # a setting the NATS server cannot honour (seen once connected)
@@ -125,9 +124,7 @@ def main() -> None:
         print(f"wasmcloud-ws-provider: {exc}", file=sys.stderr)
         sys.exit(2)
     logs.configure(host_data.log_level, structured=host_data.structured_logging)
-    raise_open_file_limit()
-    if keep_read_buffers_on_the_heap():
-        log.debug("malloc: socket read buffers come from the heap (mmap threshold %d bytes)", MMAP_THRESHOLD)
+    process.prepare()
     try:
         asyncio.run(serve(host_data))
     except ProviderError as exc:

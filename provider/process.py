@@ -1,4 +1,4 @@
-"""Settings of the whole process, made once at start by each entry point. I/O.
+"""Settings of the whole process, made once at start by each entry point (:func:`prepare`). I/O.
 
 * :func:`raise_open_file_limit`: the soft ``RLIMIT_NOFILE`` up to the hard limit, so
   ``MAX_CONNECTIONS=10000`` can be reached (the soft limit is often 1024).
@@ -83,3 +83,10 @@ def reuse_freed_memory(keep: int = MALLOC_KEEP) -> bool:
     bytes it no longer uses. The local host's ``run`` command calls it at start.
     """
     return _mallopt((M_MMAP_MAX, 0), (M_ARENA_MAX, 1), (M_TRIM_THRESHOLD, keep))
+
+
+def prepare() -> None:
+    """What the provider and the bridge set at start: the open-file limit and the read buffers."""
+    raise_open_file_limit()
+    if keep_read_buffers_on_the_heap():
+        log.debug("malloc: socket read buffers come from the heap (mmap threshold %d bytes)", MMAP_THRESHOLD)
