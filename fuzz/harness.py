@@ -1,18 +1,23 @@
-"""What ``make fuzz`` runs on every input: the wRPC codec and both call state machines.
+"""What ``make fuzz`` runs on every input: the wRPC codec, both call state machines and the
+NATS server-stream splitter.
 
 Each input picks a target and is read as a sequence of choices (atheris's
 ``FuzzedDataProvider``). A target fails — a crash for the fuzzer — when anything but the
 project's typed errors escapes a decoder, when a state machine raises on input at all, or
 when one of its invariants breaks (one terminal event, handshake first, end of stream last,
-chunks within ``max_payload``, params passed on byte for byte).
+chunks within ``max_payload``, params passed on byte for byte), or when the NATS stream
+splitter accepts bytes that nats-py's own parser reads otherwise.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
-from provider.errors import CodecError, Overloaded, TransportClosed
+from nats.errors import ProtocolError
+from nats.protocol.parser import Parser
+
+from provider.errors import CodecError, NatsProtocolError, Overloaded, TransportClosed
 from provider.wrpc.call import (
     ClientCall,
     ClientState,
@@ -41,7 +46,7 @@ from provider.wrpc.messaging import (
     REQUEST,
     UNIT_RESULT,
 )
-from provider.wrpc.protocol import parse_headers, status_of
+from provider.wrpc.protocol import ServerStream, parse_headers, status_of
 
 
 class Data(Protocol):
@@ -210,7 +215,116 @@ def served_target(data: Data) -> None:
     assert all(len(m.payload) <= max_payload for m in out[1:]), "chunk over max_payload"
 
 
-TARGETS: list[Callable[[Data], None]] = [codec_target, client_target, served_target]
+def _complete(coroutine: Coroutine[Any, Any, None]) -> None:
+    """Run a coroutine that never waits (nats-py's parser with a recorder) without a loop."""
+    try:
+        coroutine.send(None)
+    except StopIteration:
+        return
+    raise AssertionError("the parser waited")
+
+
+class _Recorder:
+    """What nats-py's parser calls on its client, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[Any] = []
+
+    async def _process_msg(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, hdr: bytes | None
+    ) -> None:
+        self.calls.append((sid, subject, reply, data, hdr))
+
+    async def _process_ping(self) -> None:
+        self.calls.append("PING")
+
+    async def _process_pong(self) -> None:
+        self.calls.append("PONG")
+
+    async def _process_info(self, info: Any) -> None:
+        self.calls.append(("INFO", info))
+
+    async def _process_err(self, err: str) -> None:
+        self.calls.append(("ERR", err))
+
+
+OTHER_OPERATIONS = [b"PING\r\n", b"PONG\r\n", b"+OK\r\n", b"-ERR 'Authorization Violation'\r\n",
+                    b'INFO {"max_payload":1048576}\r\n']  # fmt: skip
+
+
+def _token(text: bytes) -> bool:
+    return bool(text) and all(0x21 <= b <= 0x7E for b in text)
+
+
+def _server_stream(data: Data) -> tuple[bytes, bool]:
+    """Messages and other operations as a server writes them, of fuzzed fields, maybe one byte
+    changed: mostly valid, sometimes just wrong; and whether it is all valid."""
+    ops = []
+    valid = True
+    for _ in range(data.ConsumeIntInRange(0, 8)):
+        kind = data.ConsumeIntInRange(0, 4)
+        subject = _bytes(data, 10) or b"a.b"
+        reply = b" " + (_bytes(data, 8) or b"r") if data.ConsumeBool() else b""
+        body = _bytes(data, 40)
+        sid = data.ConsumeIntInRange(0, 99)
+        valid = valid and _token(subject) and (not reply or _token(reply[1:])) and kind < 3
+        if kind == 0:
+            ops.append(b"MSG %s %d%s %d\r\n%s\r\n" % (subject, sid, reply, len(body), body))
+        elif kind == 1:
+            head = b"NATS/1.0" + _bytes(data, 12) + b"\r\n\r\n"
+            total = len(head) + len(body)
+            ops.append(
+                b"HMSG %s %d%s %d %d\r\n%s%s\r\n" % (subject, sid, reply, len(head), total, head, body)
+            )
+        elif kind == 2:
+            ops.append(OTHER_OPERATIONS[data.ConsumeIntInRange(0, len(OTHER_OPERATIONS) - 1)])
+        else:
+            ops.append(_bytes(data, 16))
+    stream = bytearray(b"".join(ops))
+    if stream and data.ConsumeBool():
+        stream[data.ConsumeIntInRange(0, len(stream) - 1)] = data.ConsumeIntInRange(0, 255)
+        valid = False
+    return bytes(stream), valid
+
+
+def nats_stream_target(data: Data) -> None:
+    """A server stream (:func:`_server_stream`) cut anywhere: ServerStream either refuses it by
+    name or splits it as nats-py's parser reads it whole (where nats-py reads it without error
+    and its header blocks start with ``NATS/1.0`` — nats-py's regular expressions misread some
+    others); a stream of valid operations it must take."""
+    stream_bytes, valid = _server_stream(data)
+    cuts = sorted(data.ConsumeIntInRange(0, len(stream_bytes)) for _ in range(data.ConsumeIntInRange(0, 4)))
+    chunks = [stream_bytes[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream_bytes)], strict=True)]
+    recorder = _Recorder()
+    parser = Parser(recorder)
+    ours: list[Any] = []
+    stream = ServerStream()
+    try:
+        for chunk in chunks:
+            for op in stream.feed(chunk):
+                if isinstance(op, bytes):
+                    _complete(parser.parse(op))
+                    if parser.buf:
+                        return  # nats-py's parser does not take the line whole: an error to the connection
+                    ours.extend(recorder.calls)
+                    recorder.calls.clear()
+                else:
+                    ours.append(op)
+    except (NatsProtocolError, ProtocolError, ValueError):  # ValueError: nats-py reading INFO or -ERR
+        assert not valid, f"ServerStream refused a valid stream {stream_bytes!r}"
+        return
+    theirs = _Recorder()
+    try:
+        _complete(Parser(theirs).parse(stream_bytes))
+    except (ProtocolError, ValueError):
+        return
+    if any(isinstance(c, tuple) and len(c) == 5 and c[4] is not None and not c[4].startswith(b"NATS/1.0")
+           for c in theirs.calls + ours):  # fmt: skip
+        return
+    assert ours == theirs.calls, f"ServerStream split {stream_bytes!r} otherwise than nats-py"
+
+
+TARGETS: list[Callable[[Data], None]] = [codec_target, client_target, served_target, nats_stream_target]
 
 
 def one_input(data: Data) -> None:

@@ -18,7 +18,8 @@ when they wrap a lower-level error::
     │   ├── TransportClosed        the transport was closed while the call was in flight
     │   ├── Overloaded             a served function is over one of its limits: answered with no results
     │   ├── OutboundBufferFull     NATS is disconnected and its reconnect buffer is full: not sent
-    │   └── MessageTooLarge        one NATS message cannot carry it (the server's max_payload)
+    │   ├── MessageTooLarge        one NATS message cannot carry it (the server's max_payload)
+    │   └── NatsProtocolError      the NATS server sent what is not the NATS client protocol
     ├── ConfigError                bad input from the host or a link (HostData, link config, secrets)
     │   └── InvalidKey             an nkey's text that does not decode (base32, checksum, prefix, length)
     └── ArchiveError               a provider archive (PAR) or its claims that a host or wash would refuse
@@ -107,6 +108,11 @@ class IncompleteResults(WrpcError):
 
 class ProtocolViolation(WrpcError):
     """The peer broke the wRPC protocol."""
+
+
+class NatsProtocolError(WrpcError):
+    """The NATS server sent bytes that are not the NATS client protocol (a malformed ``MSG``
+    line, a body not followed by CRLF, an over-long line): the connection cannot go on."""
 
 
 class TransportClosed(WrpcError):

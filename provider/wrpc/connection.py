@@ -6,15 +6,20 @@ A wRPC call is five messages, so that bookkeeping, not the bytes, is what a call
 in Python (``make bench-wrpc`` measures it). :class:`NatsConnection` keeps all of
 nats-py — connecting, authentication, TLS, reconnecting and resubscribing, pings — and adds:
 
-* :meth:`~NatsConnection.subscribe_direct`: the handler is called right where nats-py's
-  parser hands over the message (``subject``, ``reply``, ``data``, raw header block), with
-  no ``Msg``, no queue and no task in between. Handlers must not block;
+* :meth:`~NatsConnection.subscribe_direct`: the handler is called right where the message
+  is read (``subject``, ``reply``, ``data``, raw header block), with no ``Msg``, no queue,
+  no task and no coroutine in between. Handlers must not block;
+* a parser in place of nats-py's: :class:`~provider.wrpc.protocol.ServerStream` (pure)
+  splits what is read with ``find`` and slices where nats-py runs a regular expression per
+  operation and deletes each one from the front of a ``bytearray``; messages to direct
+  subscriptions are delivered at once, everything else (nats-py's own subscriptions,
+  ``PING``, ``INFO``, ``-ERR`` …) goes to nats-py's code as before;
 * :meth:`~NatsConnection.publish_now`: a synchronous publish of a command built once
   (:mod:`provider.wrpc.protocol`) into nats-py's own write buffer, which its flusher task
   writes with everything else published in the same event-loop turn.
 
-Both reach into two private parts of nats-py (``_process_msg`` and the pending write
-buffer), so the nats-py version is pinned in ``pyproject.toml`` and the wRPC tests run
+These reach into private parts of nats-py (its parser's interface, ``_process_msg`` and the
+pending write buffer), so the nats-py version is pinned in ``pyproject.toml`` and the wRPC tests run
 every call through this class.
 
 **The reader never dies.** nats-py reads the socket in one task; anything raised where it
@@ -40,10 +45,12 @@ from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
+from nats.errors import ProtocolError
+from nats.protocol.parser import Parser
 
-from provider.errors import OutboundBufferFull, TransportClosed
+from provider.errors import NatsProtocolError, OutboundBufferFull, TransportClosed
 from provider.wrpc.drops import DropLog
-from provider.wrpc.protocol import command, valid_subject
+from provider.wrpc.protocol import ServerStream, command, valid_subject
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +66,9 @@ BAD_HEADERS = "bad_headers"
 """Drop reason: a header block that does not start with ``NATS/1.0``."""
 UNDELIVERABLE = "undeliverable"
 """Drop reason: nats-py raised while building or queueing the message."""
+PROTOCOL_VIOLATION = "protocol_violation"
+"""Count (in ``drops``) of reads that were not the NATS protocol: the connection is dropped and
+nats-py reconnects, as on its own parser's errors."""
 _HEADER_LINE = b"NATS/1.0"
 _HEADER_SIZE = len(_HEADER_LINE)
 _SHOWN = 120  # characters of a hostile subject that make it into a log line
@@ -69,11 +79,50 @@ def _shown(subject: bytes | str) -> str:
     return repr(text if len(text) <= _SHOWN else text[:_SHOWN] + "…")
 
 
+class _Parser(Parser):
+    """nats-py's parser interface over :class:`ServerStream`: direct subscriptions are delivered
+    with no await; every other operation is handed, whole, to nats-py's own parser."""
+
+    nc: NatsConnection
+
+    def reset(self) -> None:  # nats-py resets its parser for every new connection
+        super().reset()
+        self.stream = ServerStream()
+
+    async def parse(self, data: bytes = b"") -> None:
+        nc = self.nc
+        try:
+            operations = self.stream.feed(data)
+        except NatsProtocolError as exc:
+            nc.protocol_violation(str(exc))
+            raise ProtocolError() from exc
+        direct = nc._direct
+        for operation in operations:
+            if isinstance(operation, bytes):
+                try:
+                    await Parser.parse(self, operation)
+                except ValueError as exc:  # an INFO that is not JSON, an -ERR not UTF-8: would end the reader
+                    nc.protocol_violation(f"{operation[:120]!r}: {exc}")
+                    raise ProtocolError() from exc
+                if self.buf:  # a line nats-py's parser does not take whole: not the protocol
+                    nc.protocol_violation(f"an operation nats-py cannot read: {bytes(self.buf[:120])!r}")
+                    raise ProtocolError()
+                continue
+            sid, subject, reply, payload, headers = operation
+            handler = direct.get(sid)
+            if handler is None:
+                await nc._process_msg(sid, subject, reply, payload, headers)
+            else:
+                nc._deliver(handler, subject, reply, payload, headers)
+
+
 class NatsConnection(Client):
-    """A nats-py client with direct (queue-less) subscriptions and a synchronous publish."""
+    """A nats-py client with direct (queue-less) subscriptions, a synchronous publish and a
+    faster parser."""
 
     def __init__(self) -> None:
         super().__init__()
+        self._ps = _Parser(self)
         self._direct: dict[int, DirectHandler] = {}
         self.drops = DropLog()
         """Messages dropped, by reason (``drops.counts``): for health and the tests."""
@@ -101,15 +150,10 @@ class NatsConnection(Client):
     async def _process_msg(
         self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
     ) -> None:
-        # nats-py's parser awaits this from the reader task: nothing may escape it.
+        # The parser awaits this from the reader task: nothing may escape it.
         handler = self._direct.get(sid)
         if handler is not None:
-            self.stats["in_msgs"] += 1
-            self.stats["in_bytes"] += len(data)
-            try:
-                handler(subject, reply, data, headers)
-            except Exception as exc:
-                self.drop(HANDLER_FAILED, subject, f"{type(exc).__name__}: {exc}")
+            self._deliver(handler, subject, reply, data, headers)
             return
         # nats-py's own path decodes subject and reply and parses the header block, and
         # raises on bytes it cannot: refuse those first, by name, then guard the rest.
@@ -126,6 +170,22 @@ class NatsConnection(Client):
             await super()._process_msg(sid, subject, reply, data, headers)  # type: ignore[arg-type]
         except Exception as exc:
             self.drop(UNDELIVERABLE, subject, f"{type(exc).__name__}: {exc}")
+
+    def _deliver(
+        self, handler: DirectHandler, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
+    ) -> None:
+        self.stats["in_msgs"] += 1
+        self.stats["in_bytes"] += len(data)
+        try:
+            handler(subject, reply, data, headers)
+        except Exception as exc:
+            self.drop(HANDLER_FAILED, subject, f"{type(exc).__name__}: {exc}")
+
+    def protocol_violation(self, detail: str) -> None:
+        """The server sent what is not the NATS protocol: count it and say so (nats-py then
+        drops the connection and reconnects)."""
+        self.drops.drop(PROTOCOL_VIOLATION, time.monotonic())
+        log.warning("NATS: the server sent bytes that are not the NATS protocol (%s); reconnecting", detail)
 
     def reply_of(self, subject: bytes, reply: bytes) -> str | None:
         """The reply subject of a direct message, to answer on; ``None`` if there is none, or if

@@ -1,8 +1,10 @@
 """The NATS client-protocol pieces wRPC's hot path writes and reads itself. Pure.
 
 ``HPUB``/``PUB`` commands and header blocks (``NATS/1.0[ status]\\r\\nkey: value\\r\\n…\\r\\n``),
-as the NATS client protocol defines them. Building a command once as bytes, and parsing
-header blocks only where someone reads them, is what makes a wRPC call cheap in Python.
+as the NATS client protocol defines them, and :class:`ServerStream`, which splits what a
+server sends into messages (``MSG``, ``HMSG``) and its other operations. Building a command
+once as bytes, splitting messages with a few ``find`` calls and slices, and parsing header
+blocks only where someone reads them, is what makes a wRPC call cheap in Python.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import functools
 import re
 from collections.abc import Mapping
 from types import MappingProxyType
+
+from provider.errors import NatsProtocolError
 
 _HEADER_LINE = b"NATS/1.0"
 _CRLF = b"\r\n"
@@ -98,3 +102,151 @@ def _parse_headers(headers: bytes) -> Mapping[str, str]:
         if sep:
             fields[key.strip().decode(errors="replace")] = value.strip().decode(errors="replace")
     return MappingProxyType(fields)
+
+
+# --- what a server sends -----------------------------------------------------------------------
+
+MAX_CONTROL_LINE = 1 << 20
+"""The longest operation line :class:`ServerStream` waits for (a NATS server's own limit on the
+lines it sends is its ``max_control_line``, 4 KiB unless configured; subjects live there)."""
+
+MAX_MESSAGE = 64 << 20
+"""The largest message body :class:`ServerStream` gathers: a NATS server's ``max_payload``
+cannot be set above 64 MiB."""
+
+Message = tuple[int, bytes, bytes, bytes, "bytes | None"]
+"""``(sid, subject, reply, payload, header block or None)``: one ``MSG`` or ``HMSG``, the bytes
+as they came (hostile: not necessarily UTF-8)."""
+
+
+class ServerStream:
+    """Splits the bytes a NATS server sends, in chunks as they are read, into operations.
+
+    :meth:`feed` returns, in order, a :data:`Message` for every complete ``MSG``/``HMSG`` and the
+    whole line (with its CRLF) of every other operation (``PING``, ``PONG``, ``+OK``, ``-ERR``,
+    ``INFO``, or anything unknown), for the caller to act on. What is incomplete waits for the
+    next chunk; a message body of known size is gathered in parts and joined once.
+
+    The grammar is nats-py's (``nats.protocol.parser``), a little stricter: an ``MSG``/``HMSG``
+    line is ``MSG <subject> <sid> [reply] <#bytes>`` or ``HMSG <subject> <sid> [reply] <#header
+    bytes> <#bytes>``, fields separated by blanks, no CR or LF inside and none at its end,
+    sizes in decimal digits, the header size at most the total, the body followed by CRLF, and
+    an ``HMSG`` whose header size is 0 has no header block. Whatever breaks that raises
+    :class:`NatsProtocolError`; the stream is not usable after it (the connection must be
+    dropped, as nats-py drops it on its own parser's errors).
+    """
+
+    __slots__ = ("_have", "_need", "_parts", "_rest")
+
+    def __init__(self) -> None:
+        self._rest = b""
+        self._parts: list[bytes] = []
+        self._have = 0
+        self._need = 0  # bytes of a message (line + body + CRLF) being gathered in _parts
+
+    def feed(self, data: bytes) -> list[Message | bytes]:
+        """The operations ``data`` completes, in order (see the class)."""
+        if self._need:
+            self._parts.append(data)
+            self._have += len(data)
+            if self._have < self._need:
+                return []
+            data = b"".join(self._parts)
+            self._parts = []
+            self._have = self._need = 0
+        elif self._rest:
+            data = self._rest + data
+        self._rest = b""
+        out: list[Message | bytes] = []
+        pos = 0
+        size = len(data)
+        find = data.find
+        while pos < size:
+            end = find(b"\r\n", pos)
+            if end < 0:
+                if size - pos > MAX_CONTROL_LINE:
+                    raise NatsProtocolError(f"an operation line longer than {MAX_CONTROL_LINE} bytes")
+                self._rest = data[pos:]
+                break
+            if data.startswith(b"MSG ", pos):
+                start = pos + 4
+            elif data.startswith(b"HMSG ", pos):
+                start = pos + 5
+            else:
+                start = _message_start(data, pos, end)
+                if not start:
+                    out.append(data[pos : end + 2])
+                    pos = end + 2
+                    continue
+            if find(b"\r", pos, end) >= 0 or find(b"\n", pos, end) >= 0 or data[end - 1] in _BLANKS:
+                raise NatsProtocolError(f"a malformed message line {_shown(data[pos:end])}")
+            args = data[start:end].split()
+            headed = data[pos] == 0x48  # "H"
+            try:
+                if headed:
+                    if len(args) == 5:
+                        subject, sid, reply, head, total = args
+                    elif len(args) == 4:
+                        subject, sid, head, total = args
+                        reply = b""
+                    else:
+                        raise ValueError("expected 4 or 5 fields")
+                    if not head.isdigit():
+                        raise ValueError("the header size is not a number")
+                    header_size = int(head)
+                else:
+                    if len(args) == 4:
+                        subject, sid, reply, total = args
+                    elif len(args) == 3:
+                        subject, sid, total = args
+                        reply = b""
+                    else:
+                        raise ValueError("expected 3 or 4 fields")
+                    header_size = 0
+                if not total.isdigit():
+                    raise ValueError("the size is not a number")
+                body_size = int(total)
+                number = int(sid)
+            except ValueError as exc:
+                raise NatsProtocolError(f"a malformed message line {_shown(data[pos:end])}: {exc}") from None
+            if body_size > MAX_MESSAGE:
+                raise NatsProtocolError(
+                    f"a message of {body_size} bytes (over {MAX_MESSAGE}) in {_shown(data[pos:end])}"
+                )
+            if header_size > body_size:
+                raise NatsProtocolError(f"a header size over the message size in {_shown(data[pos:end])}")
+            body = end + 2
+            stop = body + body_size
+            if stop + 2 > size:
+                self._rest = data[pos:]
+                self._need = stop + 2 - pos
+                self._parts = [self._rest]
+                self._have = len(self._rest)
+                self._rest = b""
+                break
+            if data[stop] != 0x0D or data[stop + 1] != 0x0A:
+                raise NatsProtocolError(f"a message body not followed by CRLF after {_shown(data[pos:end])}")
+            if header_size:
+                split = body + header_size
+                out.append((number, subject, reply, data[split:stop], data[body:split]))
+            else:
+                out.append((number, subject, reply, data[body:stop], None))
+            pos = stop + 2
+        return out
+
+
+_BLANKS = b" \t\x0b\x0c"
+
+
+def _message_start(data: bytes, pos: int, end: int) -> int:
+    """Where the fields start if the line at ``pos`` is an ``MSG``/``HMSG`` whose name is
+    followed by a blank other than a space; 0 if it is another operation."""
+    for name in (b"MSG", b"HMSG"):
+        after = pos + len(name)
+        if data.startswith(name, pos) and after < end and data[after] in _BLANKS:
+            return after + 1
+    return 0
+
+
+def _shown(line: bytes) -> str:
+    return repr(line[:120]) + ("…" if len(line) > 120 else "")
