@@ -1,26 +1,31 @@
-"""nats-py's client with the two fast paths a wRPC call needs. I/O.
+"""nats-py's client with the fast paths a wRPC call needs. I/O.
 
-nats-py builds a ``Msg`` and goes through a per-subscription queue and task for every
-message it receives, and runs a coroutine (and often a fresh future) for every publish.
-A wRPC call is five messages, so that bookkeeping, not the bytes, is what a call costs
-in Python (``make bench-wrpc`` measures it). :class:`NatsConnection` keeps all of
+nats-py reads the socket through a stream reader and a reader task, runs a regular
+expression per operation, builds a ``Msg`` and goes through a per-subscription queue and
+task for every message it receives, and runs a coroutine (and often a fresh future) for
+every publish. A wRPC call is five messages, so that bookkeeping, not the bytes, is what a
+call costs in Python (``make bench-wrpc`` measures it). :class:`NatsConnection` keeps all of
 nats-py — connecting, authentication, TLS, reconnecting and resubscribing, pings — and adds:
 
+* **reading where the bytes arrive** (:class:`_Reader`): once nats-py's handshake is done,
+  the socket's own callback splits each read (:class:`~provider.wrpc.protocol.ServerStream`,
+  pure: ``find`` and slices) and delivers messages to direct subscriptions at once; the rest
+  (nats-py's own subscriptions, ``PING``, ``INFO``, ``-ERR`` …) is fed, whole, to nats-py's
+  stream reader, where its reader task handles it as before (with the same splitter in
+  place of its regular expressions, :class:`_Parser`);
 * :meth:`~NatsConnection.subscribe_direct`: the handler is called right where the message
   is read (``subject``, ``reply``, ``data``, raw header block), with no ``Msg``, no queue,
   no task and no coroutine in between. Handlers must not block;
-* a parser in place of nats-py's: :class:`~provider.wrpc.protocol.ServerStream` (pure)
-  splits what is read with ``find`` and slices where nats-py runs a regular expression per
-  operation and deletes each one from the front of a ``bytearray``; messages to direct
-  subscriptions are delivered at once, everything else (nats-py's own subscriptions,
-  ``PING``, ``INFO``, ``-ERR`` …) goes to nats-py's code as before;
 * :meth:`~NatsConnection.publish_now`: a synchronous publish of a command built once
-  (:mod:`provider.wrpc.protocol`) into nats-py's own write buffer, which its flusher task
-  writes with everything else published in the same event-loop turn.
+  (:mod:`provider.wrpc.protocol`) into nats-py's own write buffer; everything published in
+  one turn of the event loop goes out in one write at its end (at the end of the read that
+  caused it, or once the tasks that read woke have had their turn).
 
-These reach into private parts of nats-py (its parser's interface, ``_process_msg`` and the
-pending write buffer), so the nats-py version is pinned in ``pyproject.toml`` and the wRPC tests run
-every call through this class.
+These reach into private parts of nats-py (its transport's stream reader and writer, its
+parser's interface, ``_process_connect_init``, ``_process_msg`` and the pending write buffer)
+and of asyncio (the loop's ``_ready`` queue, only to tell whether a read woke anything), so
+the nats-py version is pinned in ``pyproject.toml`` and the wRPC tests run every call through
+this class.
 
 **The reader never dies.** nats-py reads the socket in one task; anything raised where it
 hands over a message (its ``Msg`` decodes subject and reply as UTF-8, its header parser
@@ -45,12 +50,13 @@ from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
+from nats.aio.transport import TcpTransport
 from nats.errors import ProtocolError
 from nats.protocol.parser import Parser
 
 from provider.errors import NatsProtocolError, OutboundBufferFull, TransportClosed
 from provider.wrpc.drops import DropLog
-from provider.wrpc.protocol import ServerStream, command, valid_subject
+from provider.wrpc.protocol import ServerStream, command, message_bytes, valid_subject
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +122,47 @@ class _Parser(Parser):
                 nc._deliver(handler, subject, reply, payload, headers)
 
 
+class _Reader(asyncio.Protocol):
+    """The socket's protocol once connected: each read is split and delivered where it arrives.
+
+    nats-py reads through an ``asyncio.StreamReader`` and a reader task, so every read costs
+    the loop a wake-up of that task besides the socket's own callback. Here the socket's
+    callback splits what it read (its own :class:`ServerStream`), delivers messages to direct
+    subscriptions at once, and feeds everything else, whole, to nats-py's stream reader, so
+    nats-py's reader task goes on handling its own subscriptions, ``PING``, ``INFO``,
+    ``-ERR`` … as before. What the handlers published is written at the end of the read, in
+    one write — or, when the read woke or started tasks (a handler that calls out, a caller
+    whose results came), once those have had their turn, so their messages go in the same
+    write. End of stream, loss and flow control go to nats-py's protocol object unchanged.
+    """
+
+    def __init__(
+        self, nc: NatsConnection, inner: asyncio.StreamReaderProtocol, reader: asyncio.StreamReader
+    ) -> None:
+        self.nc = nc
+        self.inner = inner
+        self.reader = reader
+        self.stream = ServerStream()
+        self.broken = False
+        self.loop = asyncio.get_running_loop()
+
+    def data_received(self, data: bytes) -> None:
+        if not self.broken:
+            self.nc._on_data(self, data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+
 class NatsConnection(Client):
     """A nats-py client with direct (queue-less) subscriptions, a synchronous publish and a
     faster parser."""
@@ -128,6 +175,81 @@ class NatsConnection(Client):
         """Messages dropped, by reason (``drops.counts``): for health and the tests."""
         self.publishes_refused = 0
         """Publishes refused with :class:`OutboundBufferFull` while disconnected."""
+        self._reading = False  # in a read's callback: what is published is written at its end
+        self._write_soon = False  # a write of the pending commands is scheduled
+
+    async def _process_connect_init(self) -> None:
+        # nats-py's handshake (INFO, CONNECT, PING/PONG) on the new socket, then read it ourselves.
+        await super()._process_connect_init()
+        self._read_directly()
+
+    def _read_directly(self) -> None:
+        """Put a :class:`_Reader` in front of nats-py's stream reader on a plain TCP or TLS
+        socket (anything else, nats-py's websocket transport say, stays as nats-py reads it)."""
+        transport = self._transport
+        if (
+            not isinstance(transport, TcpTransport)
+            or transport._io_writer is None
+            or transport._io_reader is None
+        ):
+            return
+        socket = transport._io_writer.transport
+        inner = socket.get_protocol()
+        if not isinstance(inner, asyncio.StreamReaderProtocol):
+            return
+        reader = transport._io_reader
+        buffered = bytes(reader._buffer)  # type: ignore[attr-defined]  # read after the PONG, not yet parsed
+        reader._buffer.clear()  # type: ignore[attr-defined]
+        fast = _Reader(self, inner, reader)
+        socket.set_protocol(fast)
+        if buffered:
+            self._on_data(fast, buffered)
+
+    def _on_data(self, fast: _Reader, data: bytes) -> None:
+        try:
+            operations = fast.stream.feed(data)
+        except NatsProtocolError as exc:
+            fast.broken = True
+            self.protocol_violation(str(exc))
+            asyncio.get_running_loop().create_task(self._process_op_err(ProtocolError()))
+            return
+        direct = self._direct
+        others: list[bytes] = []
+        loop = fast.loop
+        ready = getattr(loop, "_ready", None)  # asyncio's queue of callbacks to run in this turn
+        waiting = len(ready) if ready is not None else -1
+        self._reading = True
+        try:
+            for operation in operations:
+                if isinstance(operation, bytes):
+                    others.append(operation)
+                    continue
+                handler = direct.get(operation[0])
+                if handler is None:
+                    others.append(message_bytes(operation))
+                else:
+                    self._deliver(handler, operation[1], operation[2], operation[3], operation[4])
+        finally:
+            self._reading = False
+        if others:
+            fast.reader.feed_data(b"".join(others))
+        if self._pending_data_size and not self._write_soon:
+            if ready is not None and len(ready) == waiting:
+                self._write_pending()  # nothing else to run first: one write, now
+            else:  # tasks this read woke or started may publish too: one write after their turn
+                self._write_soon = True
+                loop.call_soon(self._write_pending)
+
+    def _write_pending(self) -> None:
+        """Write every pending command now, in one write (while connected; otherwise they wait
+        for nats-py's reconnect, which writes them)."""
+        self._write_soon = False
+        transport = self._transport
+        if self._pending_data_size and self.is_connected and transport is not None:
+            pending = self._pending
+            self._pending = []
+            self._pending_data_size = 0
+            transport.writelines(pending)
 
     async def subscribe_direct(self, subject: str, handler: DirectHandler, queue: str = "") -> Subscription:
         """Subscribe (nats-py renews it after a reconnect) and deliver straight to ``handler``."""
@@ -229,11 +351,11 @@ class NatsConnection(Client):
         self._pending_data_size += len(cmd)
         self.stats["out_msgs"] += 1
         self.stats["out_bytes"] += len(payload)
-        queue: asyncio.Queue[asyncio.Future[None]] | None = self._flush_queue
-        # The same kick as nats-py's own publish: one pending flush request covers every
-        # command appended before the flusher runs.
-        if queue is not None and queue.empty() and self.is_connected:
-            queue.put_nowait(asyncio.get_running_loop().create_future())
+        if self._reading or self._write_soon or not self.is_connected:
+            return  # written at the end of this read, by the write already scheduled, or after a reconnect
+        # Everything published in this turn of the event loop goes out in one write, at its end.
+        self._write_soon = True
+        asyncio.get_running_loop().call_soon(self._write_pending)
 
 
 async def connect(servers: str | list[str], **options: Any) -> NatsConnection:

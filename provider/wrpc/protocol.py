@@ -235,6 +235,25 @@ class ServerStream:
         return out
 
 
+def message_bytes(message: Message) -> bytes:
+    """A :data:`Message` as a server writes it (``MSG`` or ``HMSG``): what
+    :meth:`ServerStream.feed` reads back as the same message."""
+    sid, subject, reply, payload, headers = message
+    gap = b" " + reply if reply else b""
+    if headers is None:
+        return b"MSG %s %d%s %d\r\n%s\r\n" % (subject, sid, gap, len(payload), payload)
+    size = len(headers)
+    return b"HMSG %s %d%s %d %d\r\n%s%s\r\n" % (
+        subject,
+        sid,
+        gap,
+        size,
+        size + len(payload),
+        headers,
+        payload,
+    )
+
+
 _BLANKS = b" \t\x0b\x0c"
 
 

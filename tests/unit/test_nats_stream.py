@@ -15,7 +15,7 @@ import pytest
 from nats.protocol.parser import Parser
 
 from provider.errors import NatsProtocolError
-from provider.wrpc.protocol import MAX_CONTROL_LINE, MAX_MESSAGE, ServerStream
+from provider.wrpc.protocol import MAX_CONTROL_LINE, MAX_MESSAGE, ServerStream, message_bytes
 
 HEADERS = b"NATS/1.0\r\nsource-id: comp\r\n\r\n"
 STREAM = (
@@ -47,6 +47,14 @@ EXPECTED: list[Any] = [
 
 def test_messages_and_other_operations_come_out_in_order() -> None:
     assert ServerStream().feed(STREAM) == EXPECTED
+
+
+def test_a_message_written_back_reads_as_the_same_message() -> None:
+    messages = [op for op in EXPECTED if isinstance(op, tuple)]
+    assert ServerStream().feed(b"".join(message_bytes(m) for m in messages)) == messages
+    assert message_bytes((9, b"foo.bar", b"INBOX.34", b"Hello World", None)) == (
+        b"MSG foo.bar 9 INBOX.34 11\r\nHello World\r\n"
+    )
 
 
 def test_a_stream_cut_anywhere_gives_the_same_operations() -> None:
