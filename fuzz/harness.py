@@ -224,8 +224,8 @@ def _complete(coroutine: Coroutine[Any, Any, None]) -> None:
     raise AssertionError("the parser waited")
 
 
-class _Recorder:
-    """What nats-py's parser calls on its client, in order."""
+class NatsPyCalls:
+    """What nats-py's parser calls on its client, in order (a stand-in client for it)."""
 
     def __init__(self) -> None:
         self.calls: list[Any] = []
@@ -246,6 +246,35 @@ class _Recorder:
 
     async def _process_err(self, err: str) -> None:
         self.calls.append(("ERR", err))
+
+
+def split_as_the_connection_does(chunks: list[bytes]) -> list[Any]:
+    """The chunks through :class:`ServerStream`, every operation but a message handed to
+    nats-py's parser as ``NatsConnection`` hands it: the messages and nats-py's calls, in
+    order. Raises ``NatsProtocolError``, nats-py's ``ProtocolError`` (also for a line its
+    parser does not take whole) or ``ValueError`` (nats-py reading an ``INFO`` or ``-ERR``)."""
+    recorder = NatsPyCalls()
+    parser = Parser(recorder)
+    stream = ServerStream()
+    out: list[Any] = []
+    for chunk in chunks:
+        for op in stream.feed(chunk):
+            if isinstance(op, bytes):
+                _complete(parser.parse(op))
+                if parser.buf:
+                    raise ProtocolError()
+                out.extend(recorder.calls)
+                recorder.calls.clear()
+            else:
+                out.append(op)
+    return out
+
+
+def read_by_nats_py(data: bytes) -> list[Any]:
+    """What nats-py's own parser calls reading ``data`` whole."""
+    recorder = NatsPyCalls()
+    _complete(Parser(recorder).parse(data))
+    return recorder.calls
 
 
 OTHER_OPERATIONS = [b"PING\r\n", b"PONG\r\n", b"+OK\r\n", b"-ERR 'Authorization Violation'\r\n",
@@ -295,33 +324,19 @@ def nats_stream_target(data: Data) -> None:
     stream_bytes, valid = _server_stream(data)
     cuts = sorted(data.ConsumeIntInRange(0, len(stream_bytes)) for _ in range(data.ConsumeIntInRange(0, 4)))
     chunks = [stream_bytes[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream_bytes)], strict=True)]
-    recorder = _Recorder()
-    parser = Parser(recorder)
-    ours: list[Any] = []
-    stream = ServerStream()
     try:
-        for chunk in chunks:
-            for op in stream.feed(chunk):
-                if isinstance(op, bytes):
-                    _complete(parser.parse(op))
-                    if parser.buf:
-                        return  # nats-py's parser does not take the line whole: an error to the connection
-                    ours.extend(recorder.calls)
-                    recorder.calls.clear()
-                else:
-                    ours.append(op)
-    except (NatsProtocolError, ProtocolError, ValueError):  # ValueError: nats-py reading INFO or -ERR
+        ours = split_as_the_connection_does(chunks)
+    except (NatsProtocolError, ProtocolError, ValueError):
         assert not valid, f"ServerStream refused a valid stream {stream_bytes!r}"
         return
-    theirs = _Recorder()
     try:
-        _complete(Parser(theirs).parse(stream_bytes))
+        theirs = read_by_nats_py(stream_bytes)
     except (ProtocolError, ValueError):
         return
     if any(isinstance(c, tuple) and len(c) == 5 and c[4] is not None and not c[4].startswith(b"NATS/1.0")
-           for c in theirs.calls + ours):  # fmt: skip
+           for c in theirs + ours):  # fmt: skip
         return
-    assert ours == theirs.calls, f"ServerStream split {stream_bytes!r} otherwise than nats-py"
+    assert ours == theirs, f"ServerStream split {stream_bytes!r} otherwise than nats-py"
 
 
 TARGETS: list[Callable[[Data], None]] = [codec_target, client_target, served_target, nats_stream_target]

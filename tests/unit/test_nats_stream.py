@@ -7,13 +7,12 @@ streams, cut at random places, to nats-py's ``Parser`` and compare what each del
 
 from __future__ import annotations
 
-import asyncio
 import random
 from typing import Any
 
 import pytest
-from nats.protocol.parser import Parser
 
+from fuzz.harness import read_by_nats_py, split_as_the_connection_does
 from provider.errors import NatsProtocolError
 from provider.wrpc.protocol import MAX_CONTROL_LINE, MAX_MESSAGE, ServerStream, message_bytes
 
@@ -125,64 +124,6 @@ def test_unknown_operations_are_handed_on_whole() -> None:
 # --- against nats-py's own parser ------------------------------------------------------------
 
 
-class _Recorder:
-    """What nats-py's Parser calls on its client, recorded in order."""
-
-    def __init__(self) -> None:
-        self.calls: list[Any] = []
-
-    async def _process_msg(
-        self, sid: int, subject: bytes, reply: bytes, data: bytes, hdr: bytes | None
-    ) -> None:
-        self.calls.append((sid, subject, reply, data, hdr))
-
-    async def _process_ping(self) -> None:
-        self.calls.append(b"PING\r\n")
-
-    async def _process_pong(self) -> None:
-        self.calls.append(b"PONG\r\n")
-
-    async def _process_info(self, info: dict[str, Any]) -> None:
-        self.calls.append(("INFO", info))
-
-    async def _process_err(self, err: str) -> None:
-        self.calls.append(("ERR", err))
-
-
-def _nats_py(chunks: list[bytes]) -> list[Any]:
-    recorder = _Recorder()
-    parser = Parser(recorder)
-
-    async def run() -> None:
-        for chunk in chunks:
-            await parser.parse(chunk)
-
-    asyncio.run(run())
-    return recorder.calls
-
-
-def _ours(chunks: list[bytes]) -> list[Any]:
-    """Ours, with every non-message line given to nats-py's parser as the connection does."""
-    recorder = _Recorder()
-    parser = Parser(recorder)
-    stream = ServerStream()
-    out: list[Any] = []
-
-    async def run() -> None:
-        for chunk in chunks:
-            for op in stream.feed(chunk):
-                if isinstance(op, bytes):
-                    await parser.parse(op)
-                    assert not parser.buf
-                    out.extend(recorder.calls)
-                    recorder.calls.clear()
-                else:
-                    out.append(op)
-
-    asyncio.run(run())
-    return out
-
-
 def _token(rng: random.Random) -> bytes:
     alphabet = b"abcxyz0123456789_-*>:@/$"
     return b".".join(
@@ -230,4 +171,4 @@ def test_random_streams_cut_at_random_split_as_nats_py_splits_them() -> None:
     for _ in range(150):
         data = _random_stream(rng)
         chunks = _cut(rng, data)
-        assert _ours(chunks) == _nats_py([data]) == _nats_py(chunks)
+        assert split_as_the_connection_does(chunks) == read_by_nats_py(data)
