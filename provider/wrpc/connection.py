@@ -144,6 +144,7 @@ class _Reader(asyncio.Protocol):
         self.reader = reader
         self.stream = ServerStream()
         self.broken = False
+        self.failing: asyncio.Task[None] | None = None  # nats-py handling the protocol error
         self.loop = asyncio.get_running_loop()
 
     def data_received(self, data: bytes) -> None:
@@ -164,8 +165,8 @@ class _Reader(asyncio.Protocol):
 
 
 class NatsConnection(Client):
-    """A nats-py client with direct (queue-less) subscriptions, a synchronous publish and a
-    faster parser."""
+    """A nats-py client that reads its socket itself, with direct (queue-less) subscriptions and
+    a synchronous publish."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -209,9 +210,9 @@ class NatsConnection(Client):
         try:
             operations = fast.stream.feed(data)
         except NatsProtocolError as exc:
-            fast.broken = True
+            fast.broken = True  # nothing more is read from this socket: nats-py replaces it
             self.protocol_violation(str(exc))
-            asyncio.get_running_loop().create_task(self._process_op_err(ProtocolError()))
+            fast.failing = fast.loop.create_task(self._process_op_err(ProtocolError()))
             return
         direct = self._direct
         others: list[bytes] = []
