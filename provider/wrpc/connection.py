@@ -86,8 +86,9 @@ def _shown(subject: bytes | str) -> str:
 
 
 class _Parser(Parser):
-    """nats-py's parser interface over :class:`ServerStream`: direct subscriptions are delivered
-    with no await; every other operation is handed, whole, to nats-py's own parser."""
+    """nats-py's parser interface over :class:`ServerStream`: messages go to
+    :meth:`NatsConnection._process_msg`, every other operation, whole, to nats-py's own parser.
+    Once a :class:`_Reader` reads the socket, only what it hands on comes here."""
 
     nc: NatsConnection
 
@@ -102,7 +103,6 @@ class _Parser(Parser):
         except NatsProtocolError as exc:
             nc.protocol_violation(str(exc))
             raise ProtocolError() from exc
-        direct = nc._direct
         for operation in operations:
             if isinstance(operation, bytes):
                 try:
@@ -114,12 +114,7 @@ class _Parser(Parser):
                     nc.protocol_violation(f"an operation nats-py cannot read: {bytes(self.buf[:120])!r}")
                     raise ProtocolError()
                 continue
-            sid, subject, reply, payload, headers = operation
-            handler = direct.get(sid)
-            if handler is None:
-                await nc._process_msg(sid, subject, reply, payload, headers)
-            else:
-                nc._deliver(handler, subject, reply, payload, headers)
+            await nc._process_msg(*operation)  # direct subscriptions first, then nats-py's own
 
 
 class _Reader(asyncio.Protocol):
@@ -146,6 +141,7 @@ class _Reader(asyncio.Protocol):
         self.broken = False
         self.failing: asyncio.Task[None] | None = None  # nats-py handling the protocol error
         self.loop = asyncio.get_running_loop()
+        self.ready: Any = getattr(self.loop, "_ready", None)  # asyncio's callbacks for this turn
 
     def data_received(self, data: bytes) -> None:
         if not self.broken:
@@ -216,8 +212,7 @@ class NatsConnection(Client):
             return
         direct = self._direct
         others: list[bytes] = []
-        loop = fast.loop
-        ready = getattr(loop, "_ready", None)  # asyncio's queue of callbacks to run in this turn
+        ready = fast.ready
         waiting = len(ready) if ready is not None else -1
         self._reading = True
         try:
@@ -239,7 +234,7 @@ class NatsConnection(Client):
                 self._write_pending()  # nothing else to run first: one write, now
             else:  # tasks this read woke or started may publish too: one write after their turn
                 self._write_soon = True
-                loop.call_soon(self._write_pending)
+                fast.loop.call_soon(self._write_pending)
 
     def _write_pending(self) -> None:
         """Write every pending command now, in one write (while connected; otherwise they wait

@@ -217,12 +217,11 @@ class ServerStream:
                 raise NatsProtocolError(f"a header size over the message size in {_shown(data[pos:end])}")
             body = end + 2
             stop = body + body_size
-            if stop + 2 > size:
-                self._rest = data[pos:]
+            if stop + 2 > size:  # the body is still coming: gather it, from this line on
+                waiting = data[pos:]
+                self._parts = [waiting]
+                self._have = len(waiting)
                 self._need = stop + 2 - pos
-                self._parts = [self._rest]
-                self._have = len(self._rest)
-                self._rest = b""
                 break
             if data[stop] != 0x0D or data[stop + 1] != 0x0A:
                 raise NatsProtocolError(f"a message body not followed by CRLF after {_shown(data[pos:end])}")
