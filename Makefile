@@ -93,8 +93,10 @@ bench-par: par
 ## broadcast): tables on stdout, raw numbers and chart in bench/results/<time>/, and the same
 ## published to docs/bench-results.json, docs/bench.png and the README's results (bench/report.py)
 BENCH_STAMP := $(VENV)/.bench-installed
+# the provider on asyncio's own loop, beside the default (uvloop), in the same run
+BENCH_VARIANTS ?= --variant asyncio=env:WASMCLOUD_WS_EVENT_LOOP=asyncio
 bench: setup $(BENCH_STAMP)
-	$(BIN)/python -m bench.ws
+	$(BIN)/python -m bench.ws $(BENCH_VARIANTS)
 
 $(BENCH_STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'

@@ -99,10 +99,15 @@ def bridge_main(argv: list[str]) -> None:
     except ConfigError as exc:
         print(f"wasmcloud-ws-provider bridge: {exc}", file=sys.stderr)
         sys.exit(2)
+    try:
+        loop = process.event_loop(os.environ)
+    except ConfigError as exc:
+        print(f"wasmcloud-ws-provider bridge: {exc}", file=sys.stderr)
+        sys.exit(2)
     logs.configure(settings.log_level, structured=settings.json_logs)
     process.prepare()
     try:
-        asyncio.run(serve_bridge(settings))
+        process.run(serve_bridge(settings), loop)
     except ConfigError as exc:  # a setting the NATS server cannot honour (seen once connected)
         log.error("%s", exc)
         logging.shutdown()
@@ -120,13 +125,14 @@ def main() -> None:
         return
     try:
         host_data = read_host_data()
+        loop = process.event_loop(os.environ)
     except ConfigError as exc:
         print(f"wasmcloud-ws-provider: {exc}", file=sys.stderr)
         sys.exit(2)
     logs.configure(host_data.log_level, structured=host_data.structured_logging)
     process.prepare()
     try:
-        asyncio.run(serve(host_data))
+        process.run(serve(host_data), loop)
     except ProviderError as exc:
         log.error("%s", exc)
         sys.exit(1)

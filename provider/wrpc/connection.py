@@ -23,7 +23,8 @@ nats-py — connecting, authentication, TLS, reconnecting and resubscribing, pin
 
 These reach into private parts of nats-py (its transport's stream reader and writer, its
 parser's interface, ``_process_connect_init``, ``_process_msg`` and the pending write buffer)
-and of asyncio (the loop's ``_ready`` queue, only to tell whether a read woke anything), so
+and of asyncio (the loop's ``_ready`` queue, only to tell whether a read woke anything; a loop
+without one, uvloop, has every read's publishes written once the loop's turn is over), so
 the nats-py version is pinned in ``pyproject.toml`` and the wRPC tests run every call through
 this class.
 

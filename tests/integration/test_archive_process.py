@@ -48,6 +48,7 @@ from tests.integration.test_provider_process import (  # noqa: F401
     test_malformed_host_data_exits_nonzero_with_a_clear_message,
     test_sealed_link_secrets_and_provider_secrets_become_config,
     test_sigterm_stops_cleanly,
+    test_the_provider_serves_on_either_event_loop,
 )
 from tests.integration.test_server_mode import (  # noqa: F401
     echo_server,

@@ -80,6 +80,40 @@ async def test_links_from_host_data_are_applied_at_start(make_lattice: MakeLatti
     assert await echo_once(port, "from hostdata links") == "from hostdata links"
 
 
+@pytest.mark.parametrize(
+    ("environment", "loop"),
+    [({}, "event loop: uvloop "), ({"WASMCLOUD_WS_EVENT_LOOP": "asyncio"}, "event loop: asyncio")],
+    ids=["default-uvloop", "asyncio"],
+)
+async def test_the_provider_serves_on_either_event_loop(
+    make_lattice: MakeLattice, environment: dict[str, str], loop: str
+) -> None:
+    """uvloop unless the environment asks for asyncio's own loop; the provider works the same
+    on both (the rest of the suite runs it on the default, uvloop)."""
+    port = free_port()
+    lattice = await make_lattice(
+        links=(
+            handler_link(PROVIDER, "echo", MODE="server", URI=f"127.0.0.1:{port}"),
+            consumer_link("echo", PROVIDER, MODE="server"),
+        ),
+        environment=environment,
+    )
+    await lattice.component("echo", echo)
+    for n in range(20):
+        assert await echo_once(port, f"frame {n}") == f"frame {n}"
+    assert loop in lattice.process.output
+
+
+async def test_an_unknown_event_loop_exits_2_naming_the_variable(
+    connect: Connect, nats_server: NatsServer, launcher: Path
+) -> None:
+    host = HostControl(await connect(nats_server))
+    process = ProviderProcess(launcher, environment={"WASMCLOUD_WS_EVENT_LOOP": "trio"})
+    await process.start(host.host_data(ProviderIdentity(PROVIDER), nats_url=nats_server.url))
+    assert await process.wait(WAIT) == 2
+    assert "WASMCLOUD_WS_EVENT_LOOP='trio': expected one of uvloop, asyncio" in process.output
+
+
 async def test_sealed_link_secrets_and_provider_secrets_become_config(make_lattice: MakeLattice) -> None:
     """An AUTH_TOKEN sealed into a link (xkey) is opened and enforced; a provider-level secret works
     as a config default; neither value is ever logged, even at debug level."""

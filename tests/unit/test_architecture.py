@@ -288,6 +288,7 @@ PROVIDER_PACKAGES = {
     "msgpack": "msgpack",
     "nkeys": "nkeys",
     "nacl": "pynacl",
+    "uvloop": "uvloop",
 }
 """What the provider process imports outside the standard library → the distribution that has it."""
 

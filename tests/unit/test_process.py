@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 READS = """
@@ -62,3 +64,81 @@ def test_reuse_freed_memory_serves_a_large_block_from_pages_already_mapped() -> 
     assert applied == "True"
     fresh = _run(FAULTS, "off")[1]  # 16,384 with 4 KiB pages; fewer where transparent huge pages are on
     assert reused * 10 < fresh
+
+
+def test_the_event_loop_is_uvloop_unless_asked_for_asyncio() -> None:
+    import uvloop
+
+    from provider.process import event_loop
+
+    name, factory = event_loop({})
+    assert name.startswith("uvloop ")
+    assert factory is uvloop.new_event_loop
+    assert event_loop({"WASMCLOUD_WS_EVENT_LOOP": "uvloop"})[1] is uvloop.new_event_loop
+    assert event_loop({"WASMCLOUD_WS_EVENT_LOOP": "asyncio"}) == ("asyncio", None)
+    assert event_loop({"WASMCLOUD_WS_EVENT_LOOP": " "})[0].startswith("uvloop ")
+
+
+@pytest.mark.parametrize("value", ["trio", "UVLOOP", "asyncio,uvloop", "\udcff"])
+def test_another_event_loop_is_a_config_error_naming_the_variable(value: str) -> None:
+    from provider.errors import ConfigError
+    from provider.process import event_loop
+
+    with pytest.raises(ConfigError, match=r"WASMCLOUD_WS_EVENT_LOOP=.*expected one of uvloop, asyncio"):
+        event_loop({"WASMCLOUD_WS_EVENT_LOOP": value})
+
+
+def test_without_uvloop_the_default_is_asyncio_and_asking_for_it_is_an_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from provider.errors import ConfigError
+    from provider.process import event_loop
+
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop raises ImportError
+    assert event_loop({}) == ("asyncio", None)
+    with pytest.raises(ConfigError, match="uvloop is not installed"):
+        event_loop({"WASMCLOUD_WS_EVENT_LOOP": "uvloop"})
+
+
+def test_run_returns_what_the_coroutine_returns_on_the_chosen_loop() -> None:
+    import asyncio
+
+    from provider.process import event_loop, run
+
+    async def which() -> str:
+        return type(asyncio.get_running_loop()).__module__
+
+    assert run(which(), event_loop({})).startswith("uvloop")
+    assert run(which(), event_loop({"WASMCLOUD_WS_EVENT_LOOP": "asyncio"})).startswith("asyncio")
+
+
+AT_THE_LIMIT = """
+import asyncio, logging, os, resource, sys
+from provider.process import out_of_descriptors, watch_open_files
+logging.basicConfig(stream=sys.stdout, format="%(name)s %(message)s")
+below = out_of_descriptors()
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+
+async def main():  # the loop's own descriptors are open before the limit comes down
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) - 1, hard))
+    at = out_of_descriptors()
+    try:
+        await asyncio.wait_for(watch_open_files(0.02), 0.5)  # 25 looks: one line (once per 10 s)
+    except TimeoutError:
+        pass
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return at
+
+at = asyncio.run(main())
+print(below, at, out_of_descriptors())
+"""
+
+
+def test_at_the_open_file_limit_the_watch_says_so_once_per_interval() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", AT_THE_LIMIT], capture_output=True, text=True, timeout=60, cwd=ROOT, check=True
+    ).stdout.splitlines()
+    assert out[-1] == "False True False"
+    lines = [line for line in out if "accept(): out of file descriptors" in line]
+    assert len(lines) == 1, out
+    assert lines[0].startswith("provider.open_files ")
