@@ -123,7 +123,23 @@ async def test_over_tls_messages_are_read_and_written_by_the_same_fast_path(
 ) -> None:
     """A real nats-server with TLS: the reader sits in front of the TLS transport as in front of
     plain TCP; direct deliveries, publishes from them and nats-py's own subscriptions all work."""
-    cert, key = certificate
+    await _over_tls(*certificate)
+
+
+def test_over_tls_on_uvloop_too(certificate: tuple[Path, Path]) -> None:
+    """The same on uvloop (the provider's loop), whose TLS transport is its own."""
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        assert runner.run(_loop_module()) == "uvloop"
+        runner.run(_over_tls(*certificate))
+
+
+async def _loop_module() -> str:
+    return type(asyncio.get_running_loop()).__module__.split(".")[0]
+
+
+async def _over_tls(cert: Path, key: Path) -> None:
     tls = ssl.create_default_context(cafile=str(cert))
     config = f'tls {{ cert_file: "{cert}", key_file: "{key}" }}'
     with NatsServer(extra_config=config, jetstream=False) as server:
