@@ -16,9 +16,11 @@
   values (no ``mmap`` at all, one arena, up to 512 MiB of freed memory kept for reuse).
 * :func:`run`: the event loop the provider and the bridge run on. uvloop (libuv's loop, in C)
   when it is installed, which ``pip install`` does on Linux and macOS; the standard asyncio
-  loop when it is not, or when ``WASMCLOUD_WS_EVENT_LOOP=asyncio`` asks for it. Measured with
-  ``make bench`` (``--variant asyncio=env:WASMCLOUD_WS_EVENT_LOOP=asyncio``, same run): the
-  provider's CPU per echo at 50 × 8 32 B went from 198 to 170 µs (README, "Why uvloop").
+  loop when it is not, or when ``WASMCLOUD_WS_EVENT_LOOP=asyncio`` asks for it. Measured in
+  runs alternating the two (``make bench`` also measures ``--variant
+  asyncio=env:WASMCLOUD_WS_EVENT_LOOP=asyncio`` beside it): ~9 % less provider CPU per echo at
+  one connection, ~2 % at 50 × 8, less memory per session (README, "What the latest changes
+  bought").
   Nothing in the provider depends on which loop it is, with one difference it makes up for:
   out of file descriptors, asyncio's ``accept()`` fails, which is logged (``provider.loop``,
   once per 10 s) while clients wait in the backlog; libuv instead accepts and closes each new
