@@ -93,14 +93,10 @@ def bridge_main(argv: list[str]) -> None:
     """``python -m provider bridge …`` (also ``wasmcloud-ws-provider bridge …``)."""
     try:
         settings = parse_command_line(argv, os.environ, _read_text)
+        loop = process.event_loop(os.environ)
     except HelpRequested:
         print(USAGE, end="")
         return
-    except ConfigError as exc:
-        print(f"wasmcloud-ws-provider bridge: {exc}", file=sys.stderr)
-        sys.exit(2)
-    try:
-        loop = process.event_loop(os.environ)
     except ConfigError as exc:
         print(f"wasmcloud-ws-provider bridge: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -3,11 +3,16 @@ process of its own, since they are process-wide). The open-file limit: test_host
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import uvloop
+
+from provider.errors import ConfigError
+from provider.process import event_loop, run
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -74,10 +79,6 @@ def test_reuse_freed_memory_serves_a_large_block_from_pages_already_mapped() -> 
 
 
 def test_the_event_loop_is_uvloop_unless_asked_for_asyncio() -> None:
-    import uvloop
-
-    from provider.process import event_loop
-
     name, factory = event_loop({})
     assert name.startswith("uvloop ")
     assert factory is uvloop.new_event_loop
@@ -88,9 +89,6 @@ def test_the_event_loop_is_uvloop_unless_asked_for_asyncio() -> None:
 
 @pytest.mark.parametrize("value", ["trio", "UVLOOP", "asyncio,uvloop", "\udcff"])
 def test_another_event_loop_is_a_config_error_naming_the_variable(value: str) -> None:
-    from provider.errors import ConfigError
-    from provider.process import event_loop
-
     with pytest.raises(ConfigError, match=r"WASMCLOUD_WS_EVENT_LOOP=.*expected one of uvloop, asyncio"):
         event_loop({"WASMCLOUD_WS_EVENT_LOOP": value})
 
@@ -98,9 +96,6 @@ def test_another_event_loop_is_a_config_error_naming_the_variable(value: str) ->
 def test_without_uvloop_the_default_is_asyncio_and_asking_for_it_is_an_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from provider.errors import ConfigError
-    from provider.process import event_loop
-
     monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop raises ImportError
     assert event_loop({}) == ("asyncio", None)
     with pytest.raises(ConfigError, match="uvloop is not installed"):
@@ -108,10 +103,6 @@ def test_without_uvloop_the_default_is_asyncio_and_asking_for_it_is_an_error(
 
 
 def test_run_returns_what_the_coroutine_returns_on_the_chosen_loop() -> None:
-    import asyncio
-
-    from provider.process import event_loop, run
-
     async def which() -> str:
         return type(asyncio.get_running_loop()).__module__
 
