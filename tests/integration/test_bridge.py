@@ -513,6 +513,16 @@ async def test_bad_settings_exit_2_and_say_why(
     assert said in process.output
 
 
+async def test_an_unknown_event_loop_stops_the_bridge_with_exit_2(v2_nats: NatsServer) -> None:
+    """``WASMCLOUD_WS_EVENT_LOOP`` is checked with the other settings: exit 2, the variable named."""
+    process = BridgeProcess(v2_nats.url, environment={"WASMCLOUD_WS_EVENT_LOOP": "\udcffloop"})
+    with pytest.raises(EOFError):
+        await process.launch()
+    assert await process.exited() == 2
+    assert "WASMCLOUD_WS_EVENT_LOOP=" in process.output
+    assert "expected one of uvloop, asyncio" in process.output
+
+
 async def test_help_and_missing_nats(v2_nats: NatsServer) -> None:
     """``--help`` prints the usage (exit 0); no ``--nats`` is exit 2."""
     run: Callable[..., Awaitable[asyncio.subprocess.Process]] = asyncio.create_subprocess_exec
