@@ -20,6 +20,7 @@ import pytest
 
 from provider.host.nats_server import NatsServer
 from provider.wrpc.connection import PROTOCOL_VIOLATION, NatsConnection, _Reader, connect
+from provider.wrpc.nats import ensure_active
 
 WAIT = 10.0
 INFO = b'INFO {"server_id":"scripted","version":"2.10.0","proto":1,"headers":true,"max_payload":1048576}\r\n'
@@ -159,7 +160,7 @@ async def _over_tls(cert: Path, key: Path) -> None:
                 await seen.put(msg.data)
 
             await nc.subscribe("plain", cb=plain)  # one of nats-py's own, through its reader task
-            await nc.flush()
+            await ensure_active(nc)  # one flush's PING may overtake the SUBs (spec §6.2)
             for i in range(50):
                 reply = await other.request("shout", b"hello %d" % i, timeout=WAIT)
                 assert reply.data == b"HELLO %d" % i
@@ -213,7 +214,8 @@ async def test_what_a_read_publishes_is_written_in_that_turn_unless_it_woke_task
         await nc.subscribe_direct("at-once", at_once)
         await nc.subscribe_direct("waking", waking)
         got = await peer.subscribe("out.>")
-        await nc.flush()
+        await ensure_active(nc)  # one flush's PING may overtake the SUBs (spec §6.2)
+        await ensure_active(peer)
         expected = {"at-once": [(True, ["out.first"])], "waking": [(False, ["out.second", "out.task"])]}
         for subject, written in expected.items():
             writes.clear()
