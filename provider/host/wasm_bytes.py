@@ -7,16 +7,22 @@ costs about 1.4 µs a byte, so a 4 KiB body takes ~6 ms each way and 1 MiB ~1.5 
 
 How. The C value array of a ``list<u8>`` is regular: element *i* is the *i*-th
 ``wasmtime_component_val_t`` (:data:`VAL_SIZE` bytes), its kind byte at :data:`KIND_OFFSET`
-says ``U8`` and its value byte at :data:`VALUE_OFFSET` is the byte. So lowering is the
-library's own allocation (``wasmtime_component_vallist_new_uninit``) filled from a template
-value with the bytes written in by strided slice assignment, and lifting is the strided
-read of the value bytes after checking that every kind byte says ``U8``, followed by the
-library's own ``wasmtime_component_vallist_delete`` (its ``convert_from_c`` frees the list
-it lifted, and so does this). The offsets and kind codes are read from wasmtime-py's
-ctypes declarations at import, never written down here.
+says ``U8`` and its value byte at :data:`VALUE_OFFSET` is the byte. So lowering writes the
+bytes by strided slice assignment into a kept array of template values (:class:`_Template`)
+and has the library copy that into a list of its own (``wasmtime_component_vallist_new``),
+and lifting is the strided read of the value bytes after checking that every kind byte says
+``U8``, followed by the library's own ``wasmtime_component_vallist_delete`` (its
+``convert_from_c`` frees the list it lifted, and so does this). The offsets and kind codes are
+read from wasmtime-py's ctypes declarations at import, never written down here.
 
 Allocation. A 1 MiB list is a 32 MiB value array; :func:`reuse_freed_memory` (which the
-local host's ``run`` calls) keeps glibc from mapping fresh pages for every such block.
+local host's ``run`` calls) keeps glibc from mapping fresh pages for every such block. The
+template array is kept between calls (it is the speed: measured, a 1 MiB list lowered and freed
+in 5.4 ms from it against 12.1 ms filling ``wasmtime_component_vallist_new_uninit``'s list, whose
+every element the library first writes as a default value): it grows to the largest list lowered
+so far, up to :data:`KEEP` elements (32 MiB), so the local host holds up to that much more after
+its first 1 MiB body. A longer list is lowered :data:`KEEP` elements at a time into a list from
+``new_uninit``.
 
 Scope. :func:`install` replaces the two ``ListType`` methods with ones that take this path
 when the element type is ``u8`` and call the library's own methods (:data:`LIBRARY_LOWER`,
@@ -83,7 +89,11 @@ def _layout() -> tuple[int, int, int, int, int, int]:
         list_fields = [name for name, *_ in vallist._fields_]
         for method in ("convert_to_c", "convert_from_c", "_is_bytes"):
             getattr(_types.ListType, method)
-        for function in ("wasmtime_component_vallist_new_uninit", "wasmtime_component_vallist_delete"):
+        for function in (
+            "wasmtime_component_vallist_new",
+            "wasmtime_component_vallist_new_uninit",
+            "wasmtime_component_vallist_delete",
+        ):
             getattr(ffi, function)
     except AttributeError as exc:
         raise _fail(f"a declaration it relies on is gone ({exc})") from None
@@ -104,7 +114,10 @@ VAL_SIZE, KIND_OFFSET, VALUE_OFFSET, U8_KIND, LIST_KIND, BOOL_KIND = _layout()
 """One ``wasmtime_component_val_t``: its size, where its kind and ``u8`` value bytes sit, three kind codes."""
 
 CHUNK = 1 << 14
-"""Elements converted per step: a scratch buffer of ``CHUNK * VAL_SIZE`` bytes (512 KiB) stays in cache."""
+"""Elements lifted per step: a scratch buffer of ``CHUNK * VAL_SIZE`` bytes (512 KiB) stays in cache."""
+KEEP = 1 << 20
+"""The most elements the template array grows to (``KEEP * VAL_SIZE`` bytes, 32 MiB): a longer
+list is lowered that many at a time."""
 
 _U8 = bytes([U8_KIND])
 _TEMPLATE = bytes(KIND_OFFSET) + _U8 + bytes(VAL_SIZE - KIND_OFFSET - 1)
@@ -121,19 +134,46 @@ def _address(data: Any) -> int:
     return ctypes.cast(data, ctypes.c_void_p).value or 0
 
 
-class _Scratch(threading.local):
-    """Each thread's conversion buffers, made once (a wasm worker thread converts call after
-    call): :data:`CHUNK` values of the template for lowering, room for as many for lifting.
-    Making them per call cost more than the conversion below ~16 KiB (a 4 KiB list: 84 µs of
-    171 to build the template alone)."""
+class _Template:
+    """The process's array of template ``u8`` values that lowering writes bytes into, behind a lock.
+
+    One for every thread (a wasm worker holds the lock for the strided write and the library's
+    copy, 5 ms for 1 MiB), so the memory it keeps is one array, not one per worker. It grows to
+    the largest list lowered so far, at least :data:`CHUNK` and at most :data:`KEEP` elements.
+    Only value bytes change in it, so what a previous call left there is overwritten or not
+    copied.
+    """
 
     def __init__(self) -> None:
-        self.lower = bytearray(_TEMPLATE * CHUNK)
-        self.lower_c = (ctypes.c_char * len(self.lower)).from_buffer(self.lower)
+        self.lock = threading.Lock()
+        self.capacity = 0
+        self.values = bytearray()
+        self.pointer: Any = None
+        """``values`` as a ``wasmtime_component_val_t *`` (keeping the buffer exported, so never resized)."""
+
+    def reserve(self, count: int) -> None:
+        """Make room for ``min(count, KEEP)`` elements (and have an array even for none: the library
+        reads a list of none from a pointer all the same). Call with the lock held."""
+        if count <= self.capacity and self.pointer is not None:
+            return
+        capacity = min(KEEP, max(count, 2 * self.capacity, CHUNK))
+        values = bytearray(_TEMPLATE) * capacity
+        view = (ctypes.c_char * len(values)).from_buffer(values)
+        self.pointer = ctypes.cast(view, ctypes.POINTER(ffi.wasmtime_component_val_t))
+        self.values, self.capacity, self._view = values, capacity, view
+
+
+class _Scratch(threading.local):
+    """Each thread's buffer for lifting, made once (a wasm worker thread converts call after
+    call): room for :data:`CHUNK` values. Making it per call cost more than the conversion
+    below ~16 KiB."""
+
+    def __init__(self) -> None:
         self.lift = bytearray(CHUNK * VAL_SIZE)
         self.lift_c = (ctypes.c_char * len(self.lift)).from_buffer(self.lift)
 
 
+_template = _Template()
 _scratch = _Scratch()
 
 
@@ -143,33 +183,45 @@ def lower_bytes(value: object, ptr: Any) -> None:
     ``ptr`` points to a ``wasmtime_component_val_t``; it then owns a new list, freed by
     whoever frees the value (``wasmtime_component_val_delete``), as with the library's own.
 
-    The elements are written :data:`CHUNK` at a time: the thread's scratch of that many
-    template values gets the value bytes in one strided slice assignment (a plain C loop in
-    bytearray, several times faster than the same through a memoryview of foreign memory),
-    then is copied into the list with one ``memmove``. Only value bytes change in the scratch,
-    so what a previous call left there is overwritten or not copied.
+    The bytes go into the template array in one strided slice assignment (a plain C loop in
+    bytearray, several times faster than the same through a memoryview of foreign memory), and
+    ``wasmtime_component_vallist_new`` copies its first ``len(value)`` elements into the new
+    list. A list longer than :data:`KEEP` is filled :data:`KEEP` elements at a time with
+    ``memmove`` into a list from ``wasmtime_component_vallist_new_uninit``.
     """
     if not isinstance(value, bytes):
         raise TypeError("expected bytes value")  # wasmtime-py's own check and message
     count = len(value)
-    scratch = _scratch  # before allocating the list: a MemoryError making it leaks nothing
+    template = _template
     raw = ffi.wasmtime_component_vallist_t()
-    ffi.wasmtime_component_vallist_new_uninit(raw, count)
-    if count:
-        base = _address(raw.data)
-        try:
-            buffer, source = scratch.lower, scratch.lower_c
-            for start in range(0, count, CHUNK):
-                n = min(CHUNK, count - start)
-                buffer[VALUE_OFFSET : n * VAL_SIZE : VAL_SIZE] = value[start : start + n]
-                ctypes.memmove(base + start * VAL_SIZE, source, n * VAL_SIZE)
-        except BaseException:
-            # Deleting a list of uninitialised values would free garbage: make them all plain bools.
-            ctypes.memset(base, BOOL_KIND, count * VAL_SIZE)
-            ffi.wasmtime_component_vallist_delete(ctypes.byref(raw))
-            raise
+    with template.lock:
+        template.reserve(count)  # before allocating the list: a MemoryError here leaks nothing
+        values, step = template.values, VAL_SIZE
+        if count <= template.capacity:
+            if count:
+                values[VALUE_OFFSET : count * step : step] = value
+            ffi.wasmtime_component_vallist_new(raw, count, template.pointer)
+        else:
+            _lower_in_parts(value, raw, values, _address(template.pointer))
     ptr.contents.kind = LIST_KIND
     ptr.contents.of.list = raw
+
+
+def _lower_in_parts(value: bytes, raw: Any, values: bytearray, source: int) -> None:
+    """Fill ``raw`` with a new list of ``value``, longer than the template, a template's length at a time."""
+    count, capacity = len(value), len(values) // VAL_SIZE
+    ffi.wasmtime_component_vallist_new_uninit(raw, count)
+    base = _address(raw.data)
+    try:
+        for start in range(0, count, capacity):
+            n = min(capacity, count - start)
+            values[VALUE_OFFSET : n * VAL_SIZE : VAL_SIZE] = value[start : start + n]
+            ctypes.memmove(base + start * VAL_SIZE, source, n * VAL_SIZE)
+    except BaseException:
+        # Never leave the list half filled for whoever deletes it: make them all plain bools.
+        ctypes.memset(base, BOOL_KIND, count * VAL_SIZE)
+        ffi.wasmtime_component_vallist_delete(ctypes.byref(raw))
+        raise
 
 
 _KINDS = _U8 * CHUNK

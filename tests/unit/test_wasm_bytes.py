@@ -169,6 +169,82 @@ def test_round_trips_through_wasmtime_both_ways(wat: Wat, length: int) -> None:
     assert wat.host_calls == [data]
 
 
+def _expected(data: bytes) -> tuple[int, int, bytes]:
+    return ffi.WASMTIME_COMPONENT_LIST.value, len(data), bytes([wasm_bytes.U8_KIND]) * len(data) + data
+
+
+def _lower_and_check(data: bytes) -> None:
+    value = _lowered(lambda ptr: lower_bytes(data, ptr))
+    assert _image(value) == _expected(data)
+    assert lift_bytes(value) == data
+
+
+def test_the_template_grows_and_what_a_longer_list_left_in_it_never_shows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A fresh template grows to the longest list (from CHUNK, doubling); a short list after a
+    long one carries none of the long one's bytes, and a long one after it all of its own."""
+    template = wasm_bytes._Template()
+    monkeypatch.setattr(wasm_bytes, "_template", template)
+    rng = random.Random(7)
+    long, short = rng.randbytes(wasm_bytes.CHUNK * 3), rng.randbytes(5)
+    _lower_and_check(b"")
+    assert template.capacity == wasm_bytes.CHUNK
+    _lower_and_check(long)
+    assert template.capacity == wasm_bytes.CHUNK * 3
+    _lower_and_check(short)
+    _lower_and_check(rng.randbytes(wasm_bytes.CHUNK * 3 + 1))
+    assert template.capacity == wasm_bytes.CHUNK * 6  # doubled, not grown by one
+    _lower_and_check(long[::-1])
+
+
+@pytest.mark.parametrize("length", [999, 1000, 1001, 2000, 2999, 3001])
+def test_a_list_longer_than_the_template_is_lowered_in_parts(
+    monkeypatch: pytest.MonkeyPatch, length: int
+) -> None:
+    """Past KEEP elements the template stops growing; the list is filled KEEP at a time, the
+    same bytes as the library's."""
+    template = wasm_bytes._Template()
+    monkeypatch.setattr(wasm_bytes, "_template", template)
+    monkeypatch.setattr(wasm_bytes, "KEEP", 1000)
+    monkeypatch.setattr(wasm_bytes, "CHUNK", 100)
+    _lower_and_check(random.Random(length).randbytes(length))
+    assert template.capacity == min(length, 1000)
+
+
+def test_a_failure_while_lowering_in_parts_frees_the_list_and_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An error between the parts (a KeyboardInterrupt, say) deletes the half-filled list,
+    made all plain values first, and propagates; the next list is lowered as usual."""
+    monkeypatch.setattr(wasm_bytes, "_template", wasm_bytes._Template())
+    monkeypatch.setattr(wasm_bytes, "KEEP", 1000)
+    deleted: list[int] = []
+    real_memmove, real_delete = ctypes.memmove, ffi.wasmtime_component_vallist_delete
+    moves = 0
+
+    def memmove(*args: Any) -> Any:
+        nonlocal moves
+        moves += 1
+        if moves == 2:
+            raise KeyboardInterrupt
+        return real_memmove(*args)
+
+    def delete(raw: Any) -> None:
+        vallist = raw._obj
+        image = ctypes.string_at(vallist.data, vallist.size * wasm_bytes.VAL_SIZE)
+        deleted.append(vallist.size)
+        assert set(image[wasm_bytes.KIND_OFFSET :: wasm_bytes.VAL_SIZE]) == {wasm_bytes.BOOL_KIND}
+        real_delete(raw)
+
+    monkeypatch.setattr(ctypes, "memmove", memmove)
+    monkeypatch.setattr(ffi, "wasmtime_component_vallist_delete", delete)
+    with pytest.raises(KeyboardInterrupt):
+        _lowered(lambda ptr: lower_bytes(bytes(2500), ptr))
+    assert deleted == [2500]
+    monkeypatch.setattr(ctypes, "memmove", real_memmove)
+    monkeypatch.setattr(ffi, "wasmtime_component_vallist_delete", real_delete)
+    _lower_and_check(b"after")
+
+
 def test_other_element_types_keep_the_library_conversion(wat: Wat, monkeypatch: pytest.MonkeyPatch) -> None:
     """``list<s8>``, ``list<u32>``, ``list<string>`` never reach the bulk path; ``list<list<u8>>``'s
     inner lists do, its outer list does not."""
