@@ -289,6 +289,7 @@ PROVIDER_PACKAGES = {
     "nkeys": "nkeys",
     "nacl": "pynacl",
     "uvloop": "uvloop",
+    "orjson": "orjson",
 }
 """What the provider process imports outside the standard library → the distribution that has it."""
 

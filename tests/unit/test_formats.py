@@ -76,6 +76,29 @@ def test_json_uses_body_for_text_and_body_base64_for_bytes() -> None:
     assert decode(Format.JSON, incoming, "") == Envelope("x", b"\x00\x01")
 
 
+@given(st.text(min_size=1), st.text(), st.none() | st.text())
+def test_json_frames_are_the_standard_encoders_text(subject: str, body: str, reply: str | None) -> None:
+    """orjson writes the frames: exactly what ``json`` with the same options writes."""
+    frame = encode(Format.JSON, Envelope(subject, body.encode(), reply))
+    obj = {"subject": subject, "body": body} | ({} if reply is None else {"reply_to": reply})
+    assert frame == json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def test_every_code_point_is_written_as_the_standard_encoder_writes_it() -> None:
+    """Every code point but the surrogates, 4,096 to a frame (as subject and, reversed, body)."""
+    points = [chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]
+    for start in range(0, len(points), 4096):
+        text = "".join(points[start : start + 4096])
+        frame = encode(Format.JSON, Envelope(text, text[::-1].encode(), "r"))
+        obj = {"subject": text, "body": text[::-1], "reply_to": "r"}
+        assert frame == json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def test_a_lone_surrogate_orjson_refuses_is_written_by_the_standard_encoder() -> None:
+    frame = encode(Format.JSON, Envelope("\ud800", b"x"))
+    assert frame == '{"subject":"\ud800","body":"x"}'
+
+
 def test_msgpack_accepts_a_string_body() -> None:
     """Peers that pack the body as a string are understood."""
     frame = msgpack.packb({"subject": "s", "body": "text"})
