@@ -101,7 +101,7 @@ def bridge_main(argv: list[str]) -> None:
         print(f"wasmcloud-ws-provider bridge: {exc}", file=sys.stderr)
         sys.exit(2)
     logs.configure(settings.log_level, structured=settings.json_logs)
-    process.prepare()
+    process.prepare(loop[0])
     try:
         process.run(serve_bridge(settings), loop)
     except ConfigError as exc:  # a setting the NATS server cannot honour (seen once connected)
@@ -126,7 +126,7 @@ def main() -> None:
         print(f"wasmcloud-ws-provider: {exc}", file=sys.stderr)
         sys.exit(2)
     logs.configure(host_data.log_level, structured=host_data.structured_logging)
-    process.prepare()
+    process.prepare(loop[0])
     try:
         process.run(serve(host_data), loop)
     except ProviderError as exc:

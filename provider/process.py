@@ -2,16 +2,19 @@
 
 * :func:`raise_open_file_limit`: the soft ``RLIMIT_NOFILE`` up to the hard limit, so
   ``MAX_CONNECTIONS=10000`` can be reached (the soft limit is often 1024).
-* :func:`keep_read_buffers_on_the_heap`: asyncio reads every socket with ``recv(256 KiB)``,
-  so each read allocates 256 KiB and shrinks it to what came. That is above glibc's
-  ``mmap`` threshold (128 KiB, and its dynamic adjustment never catches up, since what is
-  freed is the shrunk buffer), so every read costs ``mmap`` + ``mremap`` + ``munmap``, page
-  faults on fresh pages and, with more than one thread, a TLB shootdown across CPUs: about
-  18 µs a read on a 2-core VM against 4 µs from the heap. Blocks up to 8 MiB come from the
-  heap instead, and up to 32 MiB of freed memory at its top is kept for reuse rather than
-  handed back at once (so 1 MiB frames, each a few MiB of buffers, reuse pages too): the
-  price is that much memory kept after a burst of large frames (measured: 43 instead of
-  38 MiB resident after 1 MiB echoes). A no-op where the C library has no ``mallopt`` (musl).
+* :func:`keep_read_buffers_on_the_heap`, on asyncio's loop only: asyncio reads every socket
+  with ``recv(256 KiB)``, so each read allocates 256 KiB and shrinks it to what came. That is
+  above glibc's ``mmap`` threshold (128 KiB, and its dynamic adjustment never catches up, since
+  what is freed is the shrunk buffer), so every read costs ``mmap`` + ``mremap`` + ``munmap``,
+  page faults on fresh pages and, with more than one thread, a TLB shootdown across CPUs:
+  about 18 µs a read on a 2-core VM against 4 µs from the heap. Blocks up to 8 MiB come from
+  the heap instead, and up to 32 MiB of freed memory at its top is kept for reuse. A no-op
+  where the C library has no ``mallopt`` (musl). On uvloop, which reads into one buffer of
+  its own, the setting buys nothing and costs large blocks dearly: fixed thresholds turn off
+  glibc's own adjustment, and then a megabyte-sized block (a 1 MiB frame's JSON text, say)
+  faulted in all of its pages again at nearly every allocation, measured 258 faults and
+  ~2.5 ms for each 1 MiB frame orjson wrote in the provider, against none and 0.06 ms at
+  glibc's defaults. So uvloop runs with those.
 * :func:`reuse_freed_memory`: the local host's stronger setting for its large ``list<u8>``
   values (no ``mmap`` at all, one arena, up to 512 MiB of freed memory kept for reuse).
 * :func:`run`: the event loop the provider and the bridge run on. uvloop (libuv's loop, in C)
@@ -113,10 +116,11 @@ def reuse_freed_memory(keep: int = MALLOC_KEEP) -> bool:
     return _mallopt((M_MMAP_MAX, 0), (M_ARENA_MAX, 1), (M_TRIM_THRESHOLD, keep))
 
 
-def prepare() -> None:
-    """What the provider and the bridge set at start: the open-file limit and the read buffers."""
+def prepare(loop_name: str) -> None:
+    """What the provider and the bridge set at start, to run on the loop :func:`event_loop` named
+    ``loop_name``: the open-file limit, and on asyncio's loop the read buffers (see the module)."""
     raise_open_file_limit()
-    if keep_read_buffers_on_the_heap():
+    if loop_name == "asyncio" and keep_read_buffers_on_the_heap():
         log.debug("malloc: socket read buffers come from the heap (mmap threshold %d bytes)", MMAP_THRESHOLD)
 
 

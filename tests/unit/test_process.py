@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import uvloop
 
+from provider import process
 from provider.errors import ConfigError
 from provider.process import event_loop, run
 
@@ -76,6 +77,19 @@ def test_reuse_freed_memory_serves_a_large_block_from_pages_already_mapped() -> 
     assert applied == "True"
     fresh = _run(FAULTS, "off")[1]  # 16,384 with 4 KiB pages; fewer where transparent huge pages are on
     assert reused * 10 < fresh
+
+
+@pytest.mark.parametrize(("loop", "applied"), [("asyncio", True), ("uvloop 0.23.0", False)])
+def test_read_buffers_go_on_the_heap_on_asyncios_loop_only(
+    monkeypatch: pytest.MonkeyPatch, loop: str, applied: bool
+) -> None:
+    """asyncio allocates a 256 KiB buffer per read, uvloop reads into one of its own: only the
+    first gets the malloc setting (the module says what it costs the second)."""
+    calls: list[str] = []
+    monkeypatch.setattr(process, "raise_open_file_limit", lambda: calls.append("limit"))
+    monkeypatch.setattr(process, "keep_read_buffers_on_the_heap", lambda: calls.append("heap") or True)
+    process.prepare(loop)
+    assert calls == (["limit", "heap"] if applied else ["limit"])
 
 
 def test_the_event_loop_is_uvloop_unless_asked_for_asyncio() -> None:
