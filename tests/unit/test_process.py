@@ -87,7 +87,12 @@ def test_read_buffers_go_on_the_heap_on_asyncios_loop_only(
     first gets the malloc setting (the module says what it costs the second)."""
     calls: list[str] = []
     monkeypatch.setattr(process, "raise_open_file_limit", lambda: calls.append("limit"))
-    monkeypatch.setattr(process, "keep_read_buffers_on_the_heap", lambda: calls.append("heap") or True)
+
+    def heap() -> bool:
+        calls.append("heap")
+        return True
+
+    monkeypatch.setattr(process, "keep_read_buffers_on_the_heap", heap)
     process.prepare(loop)
     assert calls == (["limit", "heap"] if applied else ["limit"])
 
