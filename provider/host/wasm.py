@@ -20,6 +20,15 @@ again: the worker replaces it with a fresh Store and instance (under a milliseco
 serves the next message. The caller of the trapped call sees a trap, an empty result
 stream, as from a wasmCloud host.
 
+Leaked bodies. componentize-py (0.25.1, the newest) never frees a ``list<u8>`` it lowers for an
+import call: its runtime's ``maybe_pop_list`` copies the bytes into a fresh allocation, and nothing
+hands that to the call's deferred deallocations, as its other lowerings do. So every body a Python
+component publishes stays in its linear memory (measured: 1 MiB more resident per 1 MiB echo,
+without end). The worker therefore counts the ``list<u8>`` bytes its instance passes to the imports
+and, past :data:`RECYCLE_AFTER_BYTES`, replaces the instance between two calls (under a
+millisecond), which gives that memory back. A wasmCloud host instantiates a component per
+invocation, so no component can count on its globals surviving from one call to the next anyway.
+
 Fuel. Each call gets :data:`FUEL_PER_CALL` units of wasm work (time spent in host calls
 does not count), so a component stuck in a loop traps instead of holding a worker forever.
 
@@ -75,6 +84,8 @@ IMPORT_TIMEOUT = 10.0
 """Seconds a ``publish`` import may wait for the provider (wRPC's own invocation deadline)."""
 REQUEST_GRACE = 5.0
 """Seconds a ``request`` import waits beyond the component's own ``timeout-ms``."""
+RECYCLE_AFTER_BYTES = 16 << 20
+"""``list<u8>`` bytes an instance may pass to the imports before its worker replaces it (see the module)."""
 STOP_TIMEOUT = 5.0
 """Seconds :meth:`WasmComponent.close` waits for calls in progress before abandoning the workers."""
 
@@ -209,6 +220,12 @@ class _Job:
     (``consumer.publish``…) carry that call's trace headers, as a host's do."""
 
 
+class _Passed(threading.local):
+    """Per worker thread: the ``list<u8>`` bytes its current instance passed to the imports."""
+
+    bytes = 0
+
+
 @dataclass
 class Stats:
     """What a component's workers have done."""
@@ -216,6 +233,9 @@ class Stats:
     calls: int = 0
     traps: int = 0
     replaced: int = 0
+    """Instances replaced after a trap."""
+    recycled: int = 0
+    """Instances replaced after passing :data:`RECYCLE_AFTER_BYTES` of bodies to the imports."""
 
 
 class WasmComponent:
@@ -251,6 +271,8 @@ class WasmComponent:
         self._threads: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
+        self._passed = _Passed()
+        self.recycle_after = RECYCLE_AFTER_BYTES
 
     # -- imports: the consumer interface, bridged to the event loop --------------------------------
 
@@ -276,6 +298,7 @@ class WasmComponent:
         """``consumer.publish`` (on a worker thread, inside a wasm call): ``None`` for ok, else the error."""
         try:
             msg = from_record(record)
+            self._passed.bytes += len(msg.body)
             result = self._on_loop(self._wire.publish(msg, self.link_name), IMPORT_TIMEOUT + 1)
             return None if isinstance(result, Ok) else result.value
         except BaseException as exc:  # never into wasmtime: it would kill the instance (see the module doc)
@@ -285,6 +308,7 @@ class WasmComponent:
     def _request(self, store: object, subject: str, body: bytes, timeout_ms: int) -> wc.Record | str:
         """``consumer.request`` (on a worker thread, inside a wasm call): the answer, else the error."""
         try:
+            self._passed.bytes += len(body)
             call = self._wire.request(subject, bytes(body), timeout_ms, self.link_name)
             result = self._on_loop(call, timeout_ms / 1000 + REQUEST_GRACE + 1)
             return to_record(result.value) if isinstance(result, Ok) else result.value
@@ -324,6 +348,8 @@ class WasmComponent:
         await self._wire.start()
 
     def _instantiate(self) -> _Instance:
+        """A fresh instance for the calling worker (whose count of bodies passed starts again)."""
+        self._passed.bytes = 0
         try:
             return _Instance(self._linker, self.engine, self.component, self.fuel)
         except wasmtime.WasmtimeError as exc:
@@ -346,6 +372,13 @@ class WasmComponent:
             try:
                 if instance is None:
                     instance = self._instantiate()
+                elif self._passed.bytes >= self.recycle_after:
+                    log.debug(
+                        "%s: a fresh instance after %d bytes of bodies", self.component_id, self._passed.bytes
+                    )
+                    instance = None  # its memory goes before the next one's comes
+                    instance = self._instantiate()
+                    self.stats.recycled += 1
                 self.stats.calls += 1
                 job.result.set_result(job.context.run(instance.call, job.msg))
             except BaseException as exc:

@@ -142,6 +142,50 @@ async def test_echo_component_round_trips_a_1_mib_body(
         assert (host.component("echo").stats.calls, host.component("echo").stats.traps) == (2, 0)
 
 
+def _resident() -> int:
+    """This process's resident memory in bytes (the local host, and so its wasm, runs in it)."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+async def test_bodies_a_component_publishes_are_given_back_by_a_fresh_instance(
+    wasm: Mapping[str, Path], nats_server: NatsServer, launcher: Path
+) -> None:
+    """componentize-py keeps every body a component publishes in its memory (the leak is shown
+    first, so this fails once a componentize-py stops leaking and the remedy can go); past
+    ``recycle_after`` bytes the worker replaces the instance between calls and memory stays put."""
+    port = free_port()
+    text = manifest(
+        "echo", wasm["echo"], handler=server_mode(port, FORMAT="raw"), consumer={"MODE": "server"}
+    )
+    async with running(text, nats_server, launcher) as host:
+        echo = host.component("echo")
+        async with connect(f"ws://127.0.0.1:{port}/ws", compression=None, open_timeout=WAIT) as ws:
+
+            async def echoes(count: int) -> int:
+                before = _resident()
+                for seed in range(count):
+                    body = random.Random(seed).randbytes(1 << 20)
+                    await ws.send(body)
+                    assert await asyncio.wait_for(ws.recv(), WAIT) == body
+                return _resident() - before
+
+            await echoes(2)  # warm: the instance's own start-up growth
+            echo.recycle_after = 1 << 40
+            leaked = await echoes(16)
+            assert leaked >= 12 << 20, (
+                f"16 MiB published, {leaked >> 20} MiB kept: does componentize-py still leak?"
+            )
+            assert echo.stats.recycled == 0
+            echo.recycle_after = 3 << 20
+            kept = await echoes(16)
+            assert (
+                echo.stats.recycled >= 5
+            )  # 16 MiB in 3 MiB steps (the first step also pays for the leak above)
+            assert kept < 6 << 20, f"{kept >> 20} MiB kept with fresh instances"
+        assert echo.stats.traps == 0
+
+
 async def test_chat_demo_three_clients(nats_server: NatsServer, launcher: Path) -> None:
     """The repository's wadm.yaml (on a free port): everyone sees each message, joins and leaves."""
     port = free_port()
