@@ -175,9 +175,13 @@ class NatsConnection(Client):
         """Publishes refused with :class:`OutboundBufferFull` while disconnected."""
         self._reading = False  # in a read's callback: what is published is written at its end
         self._write_soon = False  # a write of the pending commands is scheduled
+        self._event_loop: asyncio.AbstractEventLoop | None = None
+        """The loop it runs on, known once connected: on Python 3.11 each ``asyncio.get_running_loop()``
+        is a ``getpid()`` system call (its check for a fork)."""
 
     async def _process_connect_init(self) -> None:
         # nats-py's handshake (INFO, CONNECT, PING/PONG) on the new socket, then read it ourselves.
+        self._event_loop = asyncio.get_running_loop()
         await super()._process_connect_init()
         self._read_directly()
 
@@ -352,7 +356,7 @@ class NatsConnection(Client):
             return  # written at the end of this read, by the write already scheduled, or after a reconnect
         # Everything published in this turn of the event loop goes out in one write, at its end.
         self._write_soon = True
-        asyncio.get_running_loop().call_soon(self._write_pending)
+        (self._event_loop or asyncio.get_running_loop()).call_soon(self._write_pending)
 
 
 async def connect(servers: str | list[str], **options: Any) -> NatsConnection:
