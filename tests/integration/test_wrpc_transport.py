@@ -318,21 +318,16 @@ async def test_a_handler_may_answer_at_once_wait_or_raise_at_once(
 
 
 async def test_calls_do_not_look_the_event_loop_up_again(
-    pair: tuple[WrpcTransport, WrpcTransport], monkeypatch: pytest.MonkeyPatch
+    connect: Connect, nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On Python 3.11 each ``asyncio.get_running_loop()`` (so each ``asyncio.create_task``) is a
     ``getpid()`` system call: once warm, calls and their serving (an awaited handler's task
-    included) use the loop the transport already knows. With the shared inbox, the provider's:
-    a per-call inbox subscribes through nats-py, which looks the loop up itself."""
-    caller, callee = pair
-    if not isinstance(caller.inbox, SharedInbox):
-        pytest.skip("a per-call inbox subscribes through nats-py for every call")
+    included) use the loop the transport already knows. With the shared inbox, the provider's
+    (a per-call inbox subscribes through nats-py for every call, which looks the loop up itself)."""
 
     async def handler(msg: BrokerMessage, headers: Headers) -> UnitResult:
         return Ok(None)
 
-    await callee.serve(PREFIX, PUBLISH, handler)
-    assert await caller.invoke(PREFIX, PUBLISH, BrokerMessage("warm", b"", None)) == Ok(None)
     lookups = 0
     real = asyncio.get_running_loop
 
@@ -341,11 +336,16 @@ async def test_calls_do_not_look_the_event_loop_up_again(
         lookups += 1
         return real()
 
-    monkeypatch.setattr(asyncio, "get_running_loop", counted)
-    monkeypatch.setattr(asyncio.events, "get_running_loop", counted)
-    for _ in range(20):
-        assert await caller.invoke(PREFIX, PUBLISH, BrokerMessage("again", b"", None)) == Ok(None)
-    assert lookups == 0
+    shared: InboxFactory = SharedInbox  # type: ignore[assignment]  # as the fixture's params, which take a NatsConnection
+    async for caller, callee in _pair(connect, nats_server, shared):
+        await callee.serve(PREFIX, PUBLISH, handler)
+        assert await caller.invoke(PREFIX, PUBLISH, BrokerMessage("warm", b"", None)) == Ok(None)
+        with monkeypatch.context() as patched:
+            patched.setattr(asyncio, "get_running_loop", counted)
+            patched.setattr(asyncio.events, "get_running_loop", counted)
+            for _ in range(20):
+                assert await caller.invoke(PREFIX, PUBLISH, BrokerMessage("again", b"", None)) == Ok(None)
+        assert lookups == 0
 
 
 async def test_a_handler_s_own_call_leaves_in_the_same_write_as_its_handshake(
