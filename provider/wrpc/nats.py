@@ -499,7 +499,7 @@ class Served(Generic[P, R]):
                 self._trap(call, exc)
             else:
                 if isinstance(results, Awaitable):
-                    task = self._transport.loop().create_task(self._awaited(call, results))
+                    task = self._nc.event_loop.create_task(self._awaited(call, results))
                     self._track(task, functools.partial(self._handler_done, call, results))
                     return
                 self._answer(call, results)
@@ -605,7 +605,6 @@ class WrpcTransport:
         self._served: list[Served[Any, Any]] = []
         self._started = False
         self._subjects: dict[tuple[str, str, str], str] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
         self.failures = DropLog()
         """Served calls answered with no results or dropped, by reason (``failures.counts``)."""
 
@@ -613,15 +612,6 @@ class WrpcTransport:
     def nats(self) -> NatsConnection:
         """The NATS connection underneath."""
         return self._nc
-
-    def loop(self) -> asyncio.AbstractEventLoop:
-        """The event loop it runs on (its connection's), looked up once: on Python 3.11 every
-        ``asyncio.get_running_loop()`` (and so ``asyncio.create_task``) is a ``getpid()`` system
-        call, its check for a fork, and two per call were 4.6 % of the provider's CPU at 50 × 8."""
-        loop = self._loop
-        if loop is None:
-            loop = self._loop = asyncio.get_running_loop()
-        return loop
 
     @property
     def inbox(self) -> Inbox:
@@ -700,7 +690,7 @@ class WrpcTransport:
             headers=block,
             limit=max_results_bytes,
         )
-        loop = self.loop()
+        loop = nc.event_loop
         route = _ClientRoute(nc, call, loop)
         rc = await self._inbox.open(route)
         timer = loop.call_later(timeout, route.expire)
