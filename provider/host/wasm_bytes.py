@@ -150,6 +150,7 @@ class _Template:
         self.values = bytearray()
         self.pointer: Any = None
         """``values`` as a ``wasmtime_component_val_t *`` (keeping the buffer exported, so never resized)."""
+        self._view: Any = None  # the ctypes view ``pointer`` was cast from
 
     def reserve(self, count: int) -> None:
         """Make room for ``min(count, KEEP)`` elements (and have an array even for none: the library
@@ -230,8 +231,7 @@ _KINDS = _U8 * CHUNK
 def lift_bytes(c: Any) -> bytes:
     """The bytes of the ``list<u8>`` value ``c`` (a ``wasmtime_component_val_t``), whose list this frees.
 
-    The mirror of :func:`lower_bytes`: :data:`CHUNK` values at a time are copied into the
-    thread's scratch, their kind bytes checked to be ``U8`` in one comparison, their value
+    :data:`CHUNK` values at a time are copied into the thread's scratch, their kind bytes checked to be ``U8`` in one comparison, their value
     bytes taken in one strided slice.
     """
     if c.kind != LIST_KIND:
