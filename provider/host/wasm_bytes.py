@@ -231,8 +231,8 @@ _KINDS = _U8 * CHUNK
 def lift_bytes(c: Any) -> bytes:
     """The bytes of the ``list<u8>`` value ``c`` (a ``wasmtime_component_val_t``), whose list this frees.
 
-    :data:`CHUNK` values at a time are copied into the thread's scratch, their kind bytes checked to be ``U8`` in one comparison, their value
-    bytes taken in one strided slice.
+    :data:`CHUNK` values at a time are copied into the thread's scratch, their kind bytes
+    checked to be ``U8`` in one comparison, their value bytes taken in one strided slice.
     """
     if c.kind != LIST_KIND:
         raise UnsupportedWasmtime(f"a list<u8> value arrived as value kind {c.kind}, not LIST ({LIST_KIND})")
