@@ -9,7 +9,9 @@ matched to its send time through a FIFO, which gives the latency of every messag
 measured window, divided by the echoes in it (``cpu_us_per_echo[NAME]``): the sum of every
 thread's time on CPU from ``/proc/PID/task/*/schedstat``, read at the window's start and end
 by this process, so connecting and the warm-up are not counted. (A thread that exits inside
-the window takes its time with it; the processes measured here keep theirs.)
+the window takes its time with it; the processes measured here keep theirs.) The load
+generator's own CPU time per echo is always reported too, as ``cpu_us_per_echo["load"]``: on a
+machine with fewer cores than busy processes, every process's share counts (``bench.report``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import time
@@ -25,6 +28,8 @@ from pathlib import Path
 
 from websockets.asyncio.client import ClientConnection, connect
 
+LOAD = "load"
+"""The name the load generator's own CPU time is reported under."""
 MAX_FRAME = 2 << 20
 """Largest frame the load generator accepts (and ``bench.ws`` lets every server accept): a 1 MiB
 body in a JSON envelope is just over websockets' 1 MiB default."""
@@ -87,7 +92,7 @@ async def throughput(
 
     # warm-up: one round trip per connection, not measured
     await asyncio.gather(*(_round_trip(ws, payload) for ws in clients))
-    watched = cpu or {}
+    watched = {**(cpu or {}), LOAD: os.getpid()}
     cpu_before = {name: cpu_ns(pid) for name, pid in watched.items()}
     started = time.perf_counter()
     await asyncio.wait_for(asyncio.gather(*(run(ws, started + seconds) for ws in clients)), seconds + 60)

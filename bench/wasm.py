@@ -25,6 +25,16 @@ INSTANCES = 4
 """Wasm instances (worker threads, one Store each): enough to keep both cores busy."""
 
 
+def _child_cpu(pid: int, name: str, command: str) -> dict[str, int]:
+    """``{name: child pid}`` for the child of ``pid`` running ``command`` (none found: ``{}``)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{child}/comm").read_text().strip() == command:
+                    return {name: int(child)}
+    return {}
+
+
 @contextlib.asynccontextmanager
 async def provider_wasm(nats: NatsServer, launcher: Path) -> AsyncIterator[object]:
     """Run the local host on a one-component manifest; yield a ``bench.ws.Target``.
@@ -68,7 +78,8 @@ async def provider_wasm(nats: NatsServer, launcher: Path) -> AsyncIterator[objec
             drain = asyncio.create_task(host.stdout.read())  # a full pipe would stall the host
             url = f"ws://127.0.0.1:{port}/ws"
             # the local host's process runs the wasm instances (its NATS server is another)
-            cpu = {"server": provider_pid, "component": host.pid}
+            nats_cpu = _child_cpu(host.pid, "nats", "nats-server")
+            cpu = {"server": provider_pid, "component": host.pid, **nats_cpu}
             yield Target("provider + echo.wasm (local host)", url, provider_pid, cpu, broadcasts=False)
         finally:
             if host.returncode is None:

@@ -60,7 +60,8 @@ class Target:
     url: str
     server_pid: int
     cpu: dict[str, int]
-    """Processes whose CPU time per echo is reported: ``server`` (always), ``component`` (if separate)."""
+    """Processes whose CPU time per echo is reported: ``server`` (always), ``component`` (if separate),
+    ``nats`` (the NATS server, where there is one); the load generator adds its own (``load``)."""
     broadcasts: bool = True
     """Whether its component answers the broadcast trigger (echo.wasm only echoes)."""
     max_body: int | None = None
@@ -140,6 +141,11 @@ async def _sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         writer.close()
 
 
+def _nats_cpu(nats: NatsServer) -> dict[str, int]:
+    """The NATS server among the processes whose CPU is watched (while it runs)."""
+    return {"nats": nats.pid} if nats.pid is not None else {}
+
+
 async def _provider(
     nats: NatsServer, launcher: Path, component_id: str, variant: Variant | None
 ) -> tuple[LocalLattice, int]:
@@ -179,7 +185,7 @@ async def provider_native(
     try:
         component = processes.start("bench.servers", "component", nats.url, lattice.provider_id)
         name = report.NATIVE + (f" [{variant.name}]" if variant else "")
-        cpu = {"server": lattice.process.pid, "component": component.pid}
+        cpu = {"server": lattice.process.pid, "component": component.pid, **_nats_cpu(nats)}
         yield Target(name, f"ws://127.0.0.1:{port}/ws", lattice.process.pid, cpu)
     finally:
         if component is not None:
@@ -199,7 +205,7 @@ async def provider_two_instances(nats: NatsServer, launcher: Path) -> AsyncItera
     component = None
     try:
         component = processes.start("bench.servers", "component", nats.url, first.provider_id)
-        cpu = {"server": first.process.pid, "component": component.pid}
+        cpu = {"server": first.process.pid, "component": component.pid, **_nats_cpu(nats)}
         # A forwarded publish is one NATS message: a 1 MiB body does not fit in it (max_payload 1 MiB).
         yield Target(
             report.TWO_INSTANCES, f"ws://127.0.0.1:{port}/ws", first.process.pid, cpu, max_body=65_536
@@ -221,7 +227,11 @@ async def bridge_service(nats: NatsServer) -> AsyncIterator[Target]:
     async with bridge.bridge_with_service(nats) as target:
         # Plain NATS: a frame must fit in one message (max_payload 1 MiB), so 1 MiB bodies are out.
         yield Target(
-            report.BRIDGE, target.url, target.server_pid, {"server": target.server_pid}, max_body=65_536
+            report.BRIDGE,
+            target.url,
+            target.server_pid,
+            {"server": target.server_pid, **_nats_cpu(nats)},
+            max_body=65_536,
         )
 
 
@@ -331,7 +341,7 @@ def main() -> None:
         for r in results:
             rows = ", ".join(
                 f"{k}: {v['rate']:,.0f}/s p50 {v['p50_ms']:.2f} ms, CPU µs/echo "
-                + " + ".join(f"{c:,.0f}" for c in r.cpu_us_per_echo[k].values())
+                + ", ".join(f"{name} {c:,.0f}" for name, c in r.cpu_us_per_echo[k].items())
                 for k, v in r.throughput.items()
             )
             print(f"{r.name}: {rows}")
@@ -343,6 +353,7 @@ def main() -> None:
         "machine": report.machine(),
         "seconds": args.seconds,
         "elapsed_s": round(time.time() - started),
+        "cpus": report.cpus(),
         "variants": {v.name: v.spec for v in args.variant},
         "results": [asdict(r) for r in results],
     }
@@ -353,6 +364,8 @@ def main() -> None:
     print(report.table(doc))
     print()
     print(report.cpu_table(doc))
+    print()
+    print(report.cpu_budget_table(doc))
     print()
     print("\n".join(doc["targets"]))
     print(f"\nraw numbers and chart: {out}")

@@ -124,3 +124,55 @@ def test_variant_specs() -> None:
     for bad in ("w8", "=A=1", "w8=", "w8=nokey", "w8=other:A=1", "w8=A=1,=2"):
         with pytest.raises(argparse.ArgumentTypeError, match="expected"):
             Variant.parse(bad)
+
+
+def with_every_process(doc: dict[str, Any], cpus: int = 2) -> dict[str, Any]:
+    """``doc`` as a run that watched the NATS server and the load generator too."""
+    doc = copy.deepcopy(doc)
+    doc["cpus"] = cpus
+    for r in doc["results"]:
+        for cpu in r["cpu_us_per_echo"].values():
+            cpu["load"] = 50.0
+            if r["name"] != report.BASELINE:
+                cpu["nats"] = 30.0
+    return doc
+
+
+def test_the_ceiling_is_the_cpus_over_the_other_processes_cpu() -> None:
+    """With 2 CPUs and component 80 + NATS 30 + load 50 µs per echo, a provider costing nothing
+    would echo 2e6 / 160 = 12,500/s: 12.5 × the baseline's 1,000/s."""
+    doc = with_every_process(document())
+    native = doc["results"][1]
+    assert report.ceiling(doc, native, "50x8 32B") == pytest.approx(12.5)
+    assert report.ceiling(with_every_process(document(), cpus=4), native, "50x8 32B") == pytest.approx(25.0)
+    native["cpu_us_per_echo"]["50x8 32B"]["component"] = 320.0
+    assert report.ceiling(doc, native, "50x8 32B") == pytest.approx(5.0)
+    line = next(t for t in report.targets_check(doc) if "echo throughput" in t)
+    assert line.endswith("leave at most 5.00 on 2 CPUs to a provider costing nothing")
+    assert line.startswith("met: ")  # the ceiling explains a figure, it never decides the target
+
+
+def test_without_every_process_watched_there_is_no_ceiling() -> None:
+    """An older run (no NATS or load figures, no CPU count) says nothing it cannot know."""
+    doc = document()
+    assert report.ceiling(doc, doc["results"][1], "50x8 32B") is None
+    line = next(t for t in report.targets_check(doc) if "echo throughput" in t)
+    assert line.endswith("(target >= 0.20)")
+    partial = with_every_process(document())
+    del partial["results"][1]["cpu_us_per_echo"]["50x8 32B"]["nats"]
+    assert report.ceiling(partial, partial["results"][1], "50x8 32B") is None
+    del partial["cpus"]
+    assert report.ceiling(partial, partial["results"][2], "50x8 32B") is None
+
+
+def test_the_budget_table_sums_every_process_and_the_cpus_they_kept_busy() -> None:
+    doc = with_every_process(document())
+    table = report.cpu_budget_table(doc).splitlines()
+    header = "| 50x8 32B: CPU µs / echo | server | component | NATS | load generator | all | CPUs busy |"
+    assert table[0] == header
+    # baseline: server 100 + load 50 = 150 µs at 1,000/s = 0.15 CPUs; native: 150+80+30+50 at 201/s
+    assert "| baseline (bare websockets) | 100 | — | — | 50 | 150 | 0.15 |" in table
+    assert "| provider + native component | 150 | 80 | 30 | 50 | 310 | 0.06 |" in table
+    assert "cpu_budget_table" not in report.readme_block(doc)
+    assert "| 50x8 32B: CPU µs / echo |" in report.readme_block(doc)
+    assert "on this run's 2 CPUs" in report.readme_block(doc)
