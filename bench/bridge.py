@@ -58,6 +58,8 @@ class Target:
     url: str
     server_pid: int
     broadcast_subject: str = "broadcast"
+    service_pid: int | None = None
+    """The NATS service answering the bridge's messages, where it is a process of its own."""
 
 
 @dataclass
@@ -190,7 +192,7 @@ async def bridge_with_service(nats: NatsServer) -> AsyncIterator[Target]:
     echo = processes.start("bench.bridge", "service", nats.url)
     try:
         async with _bridge(nats) as bridge:
-            yield Target("bridge + NATS echo service", bridge.url, bridge.pid)
+            yield Target("bridge + NATS echo service", bridge.url, bridge.pid, service_pid=echo.pid)
     finally:
         processes.stop(echo)
 

@@ -173,8 +173,8 @@ def targets_check(doc: dict[str, Any]) -> list[str]:
         added = native["throughput"]["1x1 32B"]["p50_ms"] - base["throughput"]["1x1 32B"]["p50_ms"]
         limit = ceiling(doc, native, "50x8 32B")
         bound = (
-            f"; the component, NATS and the load generator leave at most {limit:.2f} on "
-            f"{doc['cpus']} CPUs to a provider costing nothing"
+            f"; at their CPU per echo the component, NATS and the load generator leave at most "
+            f"{limit:.2f} on {doc['cpus']} CPUs to a provider costing nothing"
             if limit is not None
             else ""
         )

@@ -230,7 +230,11 @@ async def bridge_service(nats: NatsServer) -> AsyncIterator[Target]:
             report.BRIDGE,
             target.url,
             target.server_pid,
-            {"server": target.server_pid, **_nats_cpu(nats)},
+            {
+                "server": target.server_pid,
+                **({"component": target.service_pid} if target.service_pid else {}),
+                **_nats_cpu(nats),
+            },
             max_body=65_536,
         )
 

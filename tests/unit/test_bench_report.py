@@ -148,7 +148,7 @@ def test_the_ceiling_is_the_cpus_over_the_other_processes_cpu() -> None:
     native["cpu_us_per_echo"]["50x8 32B"]["component"] = 320.0
     assert report.ceiling(doc, native, "50x8 32B") == pytest.approx(5.0)
     line = next(t for t in report.targets_check(doc) if "echo throughput" in t)
-    assert line.endswith("leave at most 5.00 on 2 CPUs to a provider costing nothing")
+    assert line.endswith("the load generator leave at most 5.00 on 2 CPUs to a provider costing nothing")
     assert line.startswith("met: ")  # the ceiling explains a figure, it never decides the target
 
 
