@@ -141,8 +141,7 @@ class _Reader(asyncio.Protocol):
         self.stream = ServerStream()
         self.broken = False
         self.failing: asyncio.Task[None] | None = None  # nats-py handling the protocol error
-        self.loop = asyncio.get_running_loop()
-        self.ready: Any = getattr(self.loop, "_ready", None)  # asyncio's callbacks for this turn
+        self.ready: Any = getattr(nc.event_loop, "_ready", None)  # asyncio's callbacks for this turn
 
     def data_received(self, data: bytes) -> None:
         if not self.broken:
@@ -219,7 +218,7 @@ class NatsConnection(Client):
         except NatsProtocolError as exc:
             fast.broken = True  # nothing more is read from this socket: nats-py replaces it
             self.protocol_violation(str(exc))
-            fast.failing = fast.loop.create_task(self._process_op_err(ProtocolError()))
+            fast.failing = self.event_loop.create_task(self._process_op_err(ProtocolError()))
             return
         direct = self._direct
         others: list[bytes] = []
@@ -245,7 +244,7 @@ class NatsConnection(Client):
                 self._write_pending()  # nothing else to run first: one write, now
             else:  # tasks this read woke or started may publish too: one write after their turn
                 self._write_soon = True
-                fast.loop.call_soon(self._write_pending)
+                self.event_loop.call_soon(self._write_pending)
 
     def _write_pending(self) -> None:
         """Write every pending command now, in one write (while connected; otherwise they wait

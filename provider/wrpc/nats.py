@@ -374,7 +374,7 @@ class Served(Generic[P, R]):
         if call.needs_params and not self.closed:
             refusal = self._admission.start_awaiting(call.size)
             if refusal is None:
-                self._track(asyncio.create_task(self._receive_params(call)), self._receiver_done)
+                self._track(self._nc.event_loop.create_task(self._receive_params(call)), self._receiver_done)
                 return
             call.accept(self._inbox.reserve())
             call.reject(Overloaded(refusal))
@@ -472,7 +472,7 @@ class Served(Generic[P, R]):
         timer: asyncio.TimerHandle | None = None
         try:
             rs = await self._inbox.open(route)
-            timer = asyncio.get_running_loop().call_later(self.limits.params_timeout, route.expire)
+            timer = self._nc.event_loop.call_later(self.limits.params_timeout, route.expire)
             call.accept(rs)
             route.advance(call.size)
             await route.done
@@ -555,7 +555,7 @@ class _ParamsRoute(Generic[P, R]):
     def __init__(self, served: Served[P, R], call: ServedCall[P, R]) -> None:
         self.served = served
         self.call = call
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.done: asyncio.Future[None] = served._nc.event_loop.create_future()
 
     def on_message(self, channel: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
         call = self.call
