@@ -236,6 +236,40 @@ class Connection:
             user_agent_header=None,
         )
 
+    async def _open(self) -> ClientConnection:
+        """:meth:`_connect`, such that a connection the server accepted always gets a close frame.
+
+        Cancelled (by :meth:`close` or :meth:`reconfigure`) during the opening handshake, it lets
+        the handshake finish for up to ``CLOSE_TIMEOUT`` and closes what opened with 1000 and the
+        reason; only a server that has not answered by then is dropped without one. (The server may
+        have sent its 101 and counted the connection open while the provider had not read it yet.)
+        """
+        opening = asyncio.ensure_future(self._connect())
+        try:
+            return await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            await self._close_opening(opening)
+            raise
+
+    async def _close_opening(self, opening: asyncio.Future[ClientConnection]) -> None:
+        done: set[asyncio.Future[ClientConnection]] = set()
+        try:
+            done, _ = await asyncio.wait([opening], timeout=CLOSE_TIMEOUT)
+        finally:
+            if not opening.done():  # no answer within CLOSE_TIMEOUT, or cancelled again: drop it
+                opening.cancel()
+                log.info(
+                    "%s: dropped the connection being opened to %s before its handshake finished (%s)",
+                    self.component,
+                    self.settings.where,
+                    self._close_reason,
+                )
+        if opening not in done or opening.cancelled() or opening.exception() is not None:
+            return  # nothing opened; the run loop is ending, so a failure is neither retried nor shown
+        ws = opening.result()
+        await ws.close(1000, self._close_reason)
+        self._count_close(ws)
+
     async def _run(self) -> None:
         """Connect, read until the connection ends, wait, reconnect; until closed or given up."""
         s = self.settings
@@ -246,7 +280,7 @@ class Connection:
         while True:
             self.state = State.CONNECTING
             try:
-                ws = await self._connect()
+                ws = await self._open()
             except Exception as exc:
                 self.last_error = _describe(exc)
                 if retrying:

@@ -24,6 +24,7 @@ import msgpack
 import pytest
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request
 
 from provider.host.lattice import LocalLattice, consumer_link, handler_link
 from provider.host.machine import free_port
@@ -56,7 +57,9 @@ class Peer:
     """A WebSocket server (the websockets library) on 127.0.0.1 for the provider to connect to.
 
     What it sees is queued (connections, frames, closes), so a test awaits each with a deadline.
-    ``on_frame`` runs for every frame before it is queued (to answer requests, say).
+    ``on_frame`` runs for every frame before it is queued (to answer requests, say). With
+    ``hold_handshakes`` every opening handshake waits, before the server answers it, until the
+    test sets the event queued with its request in :attr:`handshakes`.
     """
 
     def __init__(
@@ -67,8 +70,12 @@ class Peer:
         subprotocols: list[str] | None = None,
         on_frame: OnFrame | None = None,
         ping_interval: float | None = 20.0,
+        hold_handshakes: bool = False,
     ) -> None:
         self.port = port or free_port()
+        self.hold_handshakes = hold_handshakes
+        self.handshakes: asyncio.Queue[tuple[Request, asyncio.Event]] = asyncio.Queue()
+        self._held: list[asyncio.Event] = []
         self.ping_interval = ping_interval
         self.tls = tls
         self.subprotocols = subprotocols
@@ -91,11 +98,23 @@ class Peer:
             subprotocols=self.subprotocols,  # type: ignore[arg-type]
             compression=None,
             ping_interval=self.ping_interval,
+            process_request=self._hold if self.hold_handshakes else None,
         )
         return self
 
+    async def _hold(self, _conn: ServerConnection, request: Request) -> None:
+        release = asyncio.Event()
+        self._held.append(release)
+        self.handshakes.put_nowait((request, release))
+        await release.wait()
+
+    async def handshake(self) -> tuple[Request, asyncio.Event]:
+        return await asyncio.wait_for(self.handshakes.get(), WAIT)
+
     async def stop(self) -> None:
         """Stop listening and close every connection with 1001, as a server that restarts does."""
+        for release in self._held:
+            release.set()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -773,6 +792,77 @@ async def test_changed_config_of_both_links_reconnects_with_the_new_settings(
     assert await component.publish(BrokerMessage("from", b"the consumer", None)) == Ok(None)
     assert (await peer.json_frame())["body"] == "the consumer"
     assert "1/1 client connection(s) open" in await health_message(lattice)
+
+
+async def test_a_change_during_the_opening_handshake_still_closes_with_1000(
+    make_lattice: MakeLattice,
+) -> None:
+    """The server has accepted the connection but the provider has not read its answer yet when
+    the link changes: the provider lets the handshake finish, closes that connection with 1000 and
+    the reason (no connection the server counts open is dropped without a close frame), then
+    connects with the new settings."""
+    peer = await Peer(hold_handshakes=True).start()
+    try:
+        lattice = await make_lattice()
+        inbox = Inbox()
+        await lattice.component("evolving", inbox.record)
+        await put_client_links(lattice, "evolving", peer.uri, config={"HEADER_X-Version": "1"})
+        request, release = await peer.handshake()
+        assert request.headers["X-Version"] == "1"
+        since = lattice.process.total_lines
+        changing = asyncio.create_task(
+            put_client_links(lattice, "evolving", peer.uri, config={"HEADER_X-Version": "2"})
+        )
+        # The warning is logged just before the provider stops the connection being opened.
+        changed = r"evolving: link 'default' .* sets HEADER_\* differently"
+        await lattice.process.wait_for_line(changed, WAIT, since)
+        release.set()
+        first = await peer.connection()  # open on the server's side
+        assert first.request is not None
+        assert first.request.headers["X-Version"] == "1"
+        closed = await asyncio.wait_for(peer.closed.get(), WAIT)
+        assert closed == Closed(1000, "link config changed", by_provider=True)
+        request, release = await peer.handshake()
+        assert request.headers["X-Version"] == "2"
+        release.set()
+        await asyncio.wait_for(changing, WAIT)
+        second = await peer.connection()
+        await second.send(envelope("news", "after the change"))
+        assert (await inbox.wait_for(1))[0].body == b"after the change"
+    finally:
+        await peer.stop()
+
+
+async def test_a_server_that_never_answers_the_handshake_does_not_hold_up_a_change(
+    make_lattice: MakeLattice,
+) -> None:
+    """A server that never answers the provider's opening handshake: the change waits for it at
+    most CLOSE_TIMEOUT (2 s), then the provider drops that attempt (and says so) and connects with
+    the new settings."""
+    peer = await Peer(hold_handshakes=True).start()
+    try:
+        lattice = await make_lattice()
+        await lattice.component("evolving", accept)
+        await put_client_links(lattice, "evolving", peer.uri, config={"HEADER_X-Version": "1"})
+        request, _never = await peer.handshake()
+        assert request.headers["X-Version"] == "1"
+        since = lattice.process.total_lines
+        changing = asyncio.create_task(
+            put_client_links(lattice, "evolving", peer.uri, config={"HEADER_X-Version": "2"})
+        )
+        await lattice.process.wait_for_line(
+            r"evolving: dropped the connection being opened to .* before its handshake finished "
+            r"\(link config changed\)",
+            WAIT,
+        )
+        request, release = await peer.handshake()
+        assert request.headers["X-Version"] == "2"
+        release.set()
+        await asyncio.wait_for(changing, WAIT)
+        await lattice.process.wait_for_line(r"evolving: connected to ", WAIT, since)
+        assert "1/1 client connection(s) open" in await health_message(lattice)
+    finally:
+        await peer.stop()
 
 
 # -- a third-party server -----------------------------------------------------------------------------
