@@ -794,6 +794,34 @@ async def test_changed_config_of_both_links_reconnects_with_the_new_settings(
     assert "1/1 client connection(s) open" in await health_message(lattice)
 
 
+@dataclass
+class HeldChange:
+    """A link change from ``X-Version: 1`` to ``2`` put while the first handshake is held."""
+
+    release_first: asyncio.Event
+    changing: asyncio.Task[list[LinkDefinition]]
+    since: int  # the provider's output line count when the change began
+
+    async def finish(self, peer: Peer) -> None:
+        """Let the handshake with the new settings through and wait for the change to be applied."""
+        request, release = await peer.handshake()
+        assert request.headers["X-Version"] == "2"
+        release.set()
+        await asyncio.wait_for(self.changing, WAIT)
+
+
+async def change_during_handshake(lattice: LocalLattice, peer: Peer, component: str) -> HeldChange:
+    """Put ``component``'s client links, hold their first handshake, and start changing them."""
+    await put_client_links(lattice, component, peer.uri, config={"HEADER_X-Version": "1"})
+    request, release = await peer.handshake()
+    assert request.headers["X-Version"] == "1"
+    since = lattice.process.total_lines
+    changing = asyncio.create_task(
+        put_client_links(lattice, component, peer.uri, config={"HEADER_X-Version": "2"})
+    )
+    return HeldChange(release, changing, since)
+
+
 async def test_a_change_during_the_opening_handshake_still_closes_with_1000(
     make_lattice: MakeLattice,
 ) -> None:
@@ -806,26 +834,17 @@ async def test_a_change_during_the_opening_handshake_still_closes_with_1000(
         lattice = await make_lattice()
         inbox = Inbox()
         await lattice.component("evolving", inbox.record)
-        await put_client_links(lattice, "evolving", peer.uri, config={"HEADER_X-Version": "1"})
-        request, release = await peer.handshake()
-        assert request.headers["X-Version"] == "1"
-        since = lattice.process.total_lines
-        changing = asyncio.create_task(
-            put_client_links(lattice, "evolving", peer.uri, config={"HEADER_X-Version": "2"})
-        )
+        held = await change_during_handshake(lattice, peer, "evolving")
         # The warning is logged just before the provider stops the connection being opened.
         changed = r"evolving: link 'default' .* sets HEADER_\* differently"
-        await lattice.process.wait_for_line(changed, WAIT, since)
-        release.set()
+        await lattice.process.wait_for_line(changed, WAIT, held.since)
+        held.release_first.set()
         first = await peer.connection()  # open on the server's side
         assert first.request is not None
         assert first.request.headers["X-Version"] == "1"
         closed = await asyncio.wait_for(peer.closed.get(), WAIT)
         assert closed == Closed(1000, "link config changed", by_provider=True)
-        request, release = await peer.handshake()
-        assert request.headers["X-Version"] == "2"
-        release.set()
-        await asyncio.wait_for(changing, WAIT)
+        await held.finish(peer)
         second = await peer.connection()
         await second.send(envelope("news", "after the change"))
         assert (await inbox.wait_for(1))[0].body == b"after the change"
@@ -843,23 +862,15 @@ async def test_a_server_that_never_answers_the_handshake_does_not_hold_up_a_chan
     try:
         lattice = await make_lattice()
         await lattice.component("evolving", accept)
-        await put_client_links(lattice, "evolving", peer.uri, config={"HEADER_X-Version": "1"})
-        request, _never = await peer.handshake()
-        assert request.headers["X-Version"] == "1"
-        since = lattice.process.total_lines
-        changing = asyncio.create_task(
-            put_client_links(lattice, "evolving", peer.uri, config={"HEADER_X-Version": "2"})
-        )
+        held = await change_during_handshake(lattice, peer, "evolving")
         await lattice.process.wait_for_line(
             r"evolving: dropped the connection being opened to .* before its handshake finished "
             r"\(link config changed\)",
             WAIT,
+            held.since,
         )
-        request, release = await peer.handshake()
-        assert request.headers["X-Version"] == "2"
-        release.set()
-        await asyncio.wait_for(changing, WAIT)
-        await lattice.process.wait_for_line(r"evolving: connected to ", WAIT, since)
+        await held.finish(peer)
+        await lattice.process.wait_for_line(r"evolving: connected to ", WAIT, held.since)
         assert "1/1 client connection(s) open" in await health_message(lattice)
     finally:
         await peer.stop()
