@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from provider.host.lattice import LocalLattice
 from provider.host.launcher import LAUNCHER_NAME, write_launcher
@@ -18,6 +19,12 @@ from provider.wrpc.connection import connect as connect_nats
 from provider.wrpc.messaging import BrokerMessage, UnitResult
 
 Connect = Callable[..., Awaitable[NatsConnection]]
+
+# Properties are checked, never timed (speed is `make bench`'s to judge): without this, an example
+# that a loaded CI machine happens to run slowly fails on hypothesis's 200 ms deadline or its
+# too-slow health check, though every value was right.
+settings.register_profile("project", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("project")
 
 
 @pytest.fixture(scope="session")
